@@ -1,0 +1,204 @@
+//! The per-test-process control plane and helpers tests use on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::AuthInfo;
+use kube::{Client, Config};
+
+use crate::cluster::{StartOptions, client_from_kubeconfig, config_from_kubeconfig, start};
+use crate::process::{Lifetime, alive};
+
+/// One control plane shared by every test in a test binary.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub bin_dir: PathBuf,
+}
+
+static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+fn base_dir() -> PathBuf {
+    std::env::temp_dir().join("vworkspace-testkit")
+}
+
+/// Removes directories left by earlier test processes that are gone (their processes
+/// died with them through `PR_SET_PDEATHSIG`; only the files remain).
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_string_lossy().parse::<u32>().ok();
+        if pid.is_some_and(|p| !alive(p)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn start_shared() -> Result<ControlPlane, String> {
+    let base = base_dir();
+    sweep_stale(&base);
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The processes are tied to the thread that spawns them, so that thread must live as
+    // long as the test process: it reports the result and then parks forever.
+    std::thread::Builder::new()
+        .name("testkit-control-plane".into())
+        .spawn(move || {
+            let opts = StartOptions {
+                dir,
+                lifetime: Lifetime::TiedToProcess,
+                install_crds: true,
+            };
+            let result = start(&opts);
+            let (msg, children) = match result {
+                Ok(running) => (
+                    Ok(ControlPlane {
+                        dir: running.dir.clone(),
+                        kubeconfig: running.kubeconfig.clone(),
+                        server: running.server.clone(),
+                        bin_dir: running.binaries.dir.clone(),
+                    }),
+                    Some(running.children),
+                ),
+                Err(e) => (Err(format!("{e:#}")), None),
+            };
+            let _ = tx.send(msg);
+            let _keep = children;
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+impl ControlPlane {
+    /// The control plane of this test process, started on first use with all CRDs.
+    pub async fn get() -> Result<&'static ControlPlane> {
+        SHARED
+            .get_or_init(start_shared)
+            .as_ref()
+            .map_err(|e| anyhow!("test control plane failed to start: {e}"))
+    }
+
+    /// A new admin client. Create one per test: a client is tied to the tokio runtime it
+    /// was made on, and every `#[tokio::test]` has its own runtime.
+    pub async fn client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    pub async fn admin_config(&self) -> Result<Config> {
+        config_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name`, bound cluster-wide
+    /// to exactly `rules` through a ClusterRole of the same name, so tests can check what
+    /// a least-privilege identity may and may not do.
+    pub async fn client_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        rules: Vec<PolicyRule>,
+    ) -> Result<Client> {
+        let admin = self.client().await?;
+        let pp = PostParams::default();
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+        sas.create(&pp, &sa)
+            .await
+            .context("creating ServiceAccount")?;
+        let role_name = format!("testkit:{namespace}:{name}");
+        let role = ClusterRole {
+            metadata: ObjectMeta {
+                name: Some(role_name.clone()),
+                ..Default::default()
+            },
+            rules: Some(rules),
+            ..Default::default()
+        };
+        Api::<ClusterRole>::all(admin.clone())
+            .create(&pp, &role)
+            .await
+            .context("creating ClusterRole")?;
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(role_name.clone()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: role_name,
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }]),
+        };
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .create(&pp, &binding)
+            .await
+            .context("creating ClusterRoleBinding")?;
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token: TokenRequest = sas
+            .create_subresource("token", name, &pp, &request)
+            .await
+            .context("requesting a ServiceAccount token")?;
+        let token = token
+            .status
+            .and_then(|s| s.token)
+            .context("TokenRequest without a token")?;
+        let mut config = self.admin_config().await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+}
+
+static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a namespace named `<prefix>-<pid>-<n>` and returns its name.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> Result<String> {
+    let n = NAMESPACE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}-{}-{n}", std::process::id());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(name)
+}
