@@ -1,1 +1,51 @@
-fn main() {}
+//! Developer commands for vworkspace-operator: `cargo xtask <command>`.
+
+mod crdgen;
+mod dev_cluster;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Developer commands for vworkspace-operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole test suite against a real control plane (builds what it needs).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Write the CRD manifests generated from the Rust types to config/ and the chart.
+    Crdgen {
+        /// Fail instead of writing when a committed copy differs.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build (or find in the cache) the control-plane binaries and print where they are.
+    ControlPlane,
+    /// Start, stop or use a background control plane for local development.
+    DevCluster {
+        #[command(subcommand)]
+        action: dev_cluster::Action,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Crdgen { check } => crdgen::run(check),
+        Command::ControlPlane => {
+            let bins = testkit::ensure_binaries()?;
+            println!("{}", bins.dir.display());
+            Ok(())
+        }
+        Command::DevCluster { action } => dev_cluster::run(action),
+    }
+}
