@@ -1,27 +1,46 @@
 //! `vworkspace-operator`: the cluster-side half of vWorkspace.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use vworkspace_operator::controller::{Context, application_instance};
 
 #[derive(Parser)]
 #[command(name = "vworkspace-operator", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers (default).
+    Run,
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crd,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Crd => {
             std::io::stdout().write_all(vworkspace_api::crd_yaml().as_bytes())?;
+            Ok(())
+        }
+        Command::Run => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,kube=warn".into()),
+                )
+                .json()
+                .init();
+            let client = kube::Client::try_default().await?;
+            let ctx = Arc::new(Context::new(client));
+            tracing::info!("starting controllers");
+            application_instance::run(ctx).await;
             Ok(())
         }
     }

@@ -24,13 +24,20 @@ fn committed_copies_match_the_generator() {
             );
         }
         let on_disk = std::fs::read_dir(repo().join(dir)).unwrap().count();
-        assert_eq!(on_disk, files.len(), "{dir} holds a file that is not a generated CRD");
+        assert_eq!(
+            on_disk,
+            files.len(),
+            "{dir} holds a file that is not a generated CRD"
+        );
     }
 }
 
 #[test]
 fn crd_subcommand_prints_all_three() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vworkspace-operator")).arg("crd").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vworkspace-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, vworkspace_api::crd_yaml());

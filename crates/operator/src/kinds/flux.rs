@@ -205,3 +205,38 @@ pub struct SourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unset_fields_are_not_sent_and_live_objects_parse() {
+        let spec = HelmReleaseSpec {
+            interval: "5m0s".into(),
+            chart_ref: Some(CrossNamespaceSourceReference {
+                api_version: None,
+                kind: "OCIRepository".into(),
+                name: "wiki-source".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            json!({"interval": "5m0s", "chartRef": {"kind": "OCIRepository", "name": "wiki-source"}})
+        );
+        let live: HelmRelease = serde_json::from_value(json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "wiki", "namespace": "team1"},
+            "spec": {"interval": "5m", "unknownField": true},
+            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "False",
+                "reason": "InstallFailed", "message": "boom", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "history": [{"chartVersion": "1.0.0", "status": "failed"}]}
+        }))
+        .unwrap();
+        let status = live.status.unwrap();
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(status.conditions.unwrap()[0].reason, "InstallFailed");
+    }
+}

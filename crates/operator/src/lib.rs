@@ -1,0 +1,5 @@
+//! vworkspace-operator library: everything the binary runs, testable without it.
+
+pub mod controller;
+pub mod flux;
+pub mod kinds;
