@@ -7,7 +7,10 @@ use anyhow::{Result, bail};
 /// Directories holding one file per CRD.
 pub fn targets() -> [PathBuf; 2] {
     let root = testkit::repo_root();
-    [root.join("config/crd/bases"), root.join("charts/vworkspace-operator/crds")]
+    [
+        root.join("config/crd/bases"),
+        root.join("charts/vworkspace-operator/crds"),
+    ]
 }
 
 pub fn run(check: bool) -> Result<()> {
@@ -30,7 +33,10 @@ pub fn run(check: bool) -> Result<()> {
         }
     }
     if !stale.is_empty() {
-        bail!("CRD manifests out of date (run `cargo xtask crdgen`): {}", stale.join(", "));
+        bail!(
+            "CRD manifests out of date (run `cargo xtask crdgen`): {}",
+            stale.join(", ")
+        );
     }
     Ok(())
 }

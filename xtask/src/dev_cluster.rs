@@ -52,7 +52,11 @@ pub fn run(action: Action) -> Result<()> {
         Action::Env => env(),
         Action::Status => {
             if running() {
-                println!("dev cluster running (pids {:?}) in {}", read_pids(), dir().display());
+                println!(
+                    "dev cluster running (pids {:?}) in {}",
+                    read_pids(),
+                    dir().display()
+                );
             } else {
                 println!("dev cluster not running");
             }
@@ -68,12 +72,23 @@ fn up() -> Result<()> {
     }
     down()?;
     let started = Instant::now();
-    let opts = StartOptions { dir: dir(), lifetime: Lifetime::Detached, install_crds: true };
+    let opts = StartOptions {
+        dir: dir(),
+        lifetime: Lifetime::Detached,
+        install_crds: true,
+    };
     let cp = testkit::start(&opts)?;
     let pids: Vec<String> = cp.pids().iter().map(u32::to_string).collect();
     std::fs::write(pid_file(), pids.join(" "))?;
-    std::fs::write(dir().join("bin-dir"), cp.binaries.dir.to_string_lossy().as_bytes())?;
-    println!("dev cluster up in {:.1}s at {}", started.elapsed().as_secs_f64(), cp.server);
+    std::fs::write(
+        dir().join("bin-dir"),
+        cp.binaries.dir.to_string_lossy().as_bytes(),
+    )?;
+    println!(
+        "dev cluster up in {:.1}s at {}",
+        started.elapsed().as_secs_f64(),
+        cp.server
+    );
     println!("use it with:  eval \"$(cargo xtask dev-cluster env)\" && kubectl get crds");
     Ok(())
 }
@@ -106,7 +121,10 @@ fn env() -> Result<()> {
         bail!("dev cluster is not running; start it with `cargo xtask dev-cluster up`");
     }
     let bin_dir = std::fs::read_to_string(dir().join("bin-dir"))?;
-    println!("export KUBECONFIG='{}'", dir().join("admin.kubeconfig").display());
+    println!(
+        "export KUBECONFIG='{}'",
+        dir().join("admin.kubeconfig").display()
+    );
     println!("export PATH='{}':\"$PATH\"", bin_dir.trim());
     Ok(())
 }

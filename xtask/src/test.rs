@@ -22,7 +22,10 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .args(cargo_args)
         .env("VWORKSPACE_CONTROL_PLANE_BIN", &bins.dir)
         .status()?;
-    println!("whole test run took {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "whole test run took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }

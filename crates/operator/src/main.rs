@@ -17,19 +17,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (default).
-    Run,
+    Run {
+        /// Watch only this namespace instead of the whole cluster.
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+    },
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crd,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Cli::parse().command.unwrap_or(Command::Run) {
+    match Cli::parse().command.unwrap_or(Command::Run {
+        watch_namespace: None,
+    }) {
         Command::Crd => {
             std::io::stdout().write_all(vworkspace_api::crd_yaml().as_bytes())?;
             Ok(())
         }
-        Command::Run => {
+        Command::Run { watch_namespace } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,7 +46,7 @@ async fn main() -> Result<()> {
             let client = kube::Client::try_default().await?;
             let ctx = Arc::new(Context::new(client));
             tracing::info!("starting controllers");
-            application_instance::run(ctx).await;
+            application_instance::run(ctx, watch_namespace.as_deref()).await;
             Ok(())
         }
     }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -17,7 +17,9 @@ use tracing::{info, warn};
 use vworkspace_api::application_instance::{
     ApplicationInstance, ApplicationInstanceStatus, Mode, ObjectRef as StatusRef, ValuesSource,
 };
-use vworkspace_api::conditions::{self, Change, Condition, Desired, FALSE, TRUE, Time, app_reasons as r, types};
+use vworkspace_api::conditions::{
+    self, Change, Condition, Desired, FALSE, TRUE, Time, app_reasons as r, types,
+};
 use vworkspace_api::keys;
 
 use super::Context;
@@ -35,10 +37,22 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// Runs the controller until the stream ends (shutdown signal).
-pub async fn run(ctx: Arc<Context>) {
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until the stream ends (shutdown signal). `namespace` limits it to
+/// one namespace; `None` watches the whole cluster.
+pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
-    let instances: Api<ApplicationInstance> = Api::all(client.clone());
+    let instances: Api<ApplicationInstance> = scoped(&client, namespace);
     let controller = Controller::new(instances, watcher::Config::default());
     let store = controller.store();
     // Values Secrets/ConfigMaps are watched by metadata only: the operator never holds
@@ -52,8 +66,12 @@ pub async fn run(ctx: Arc<Context>) {
                 i.spec.values.as_ref().is_some_and(|v| {
                     v.source == kind
                         && match kind {
-                            ValuesSource::SecretRef => v.secret_ref.as_ref().is_some_and(|r| r.name == name),
-                            ValuesSource::ConfigMapRef => v.config_map_ref.as_ref().is_some_and(|r| r.name == name),
+                            ValuesSource::SecretRef => {
+                                v.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                            }
+                            ValuesSource::ConfigMapRef => {
+                                v.config_map_ref.as_ref().is_some_and(|r| r.name == name)
+                            }
                             ValuesSource::Inline => false,
                         }
                 })
@@ -62,15 +80,35 @@ pub async fn run(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     let refs2 = refs.clone();
-    let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default()).touched_objects();
-    let config_maps =
-        watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default()).touched_objects();
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let config_maps = watcher(
+        scoped::<PartialObjectMeta<ConfigMap>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .touched_objects();
     controller
-        .owns(Api::<HelmRelease>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<HelmRepository>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<OCIRepository>::all(client.clone()), watcher::Config::default())
-        .watches_stream(secrets, move |m| refs(ValuesSource::SecretRef, m.namespace(), m.name_any()))
-        .watches_stream(config_maps, move |m| refs2(ValuesSource::ConfigMapRef, m.namespace(), m.name_any()))
+        .owns(
+            scoped::<HelmRelease>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<HelmRepository>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<OCIRepository>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .watches_stream(secrets, move |m| {
+            refs(ValuesSource::SecretRef, m.namespace(), m.name_any())
+        })
+        .watches_stream(config_maps, move |m| {
+            refs2(ValuesSource::ConfigMapRef, m.namespace(), m.name_any())
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -110,7 +148,13 @@ impl StatusDraft {
 
     fn set(&mut self, want: Desired<'_>) {
         let t = want.type_.to_string();
-        if conditions::set(&mut self.status.conditions, want, self.generation, &self.now) == Change::Transitioned {
+        if conditions::set(
+            &mut self.status.conditions,
+            want,
+            self.generation,
+            &self.now,
+        ) == Change::Transitioned
+        {
             self.flipped.push(t);
         }
     }
@@ -126,11 +170,16 @@ impl StatusDraft {
     }
 }
 
-async fn write_status(ctx: &Context, inst: &ApplicationInstance, draft: StatusDraft) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    inst: &ApplicationInstance,
+    draft: StatusDraft,
+) -> Result<(), Error> {
     if inst.status.as_ref() == Some(&draft.status) {
         return Ok(());
     }
-    let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
+    let api: Api<ApplicationInstance> =
+        Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
     let mut status = serde_json::to_value(&draft.status).unwrap_or_default();
     // Cleared optional fields must be sent as null for a merge patch to remove them.
     for field in ["helmReleaseRef", "lastAppliedChart"] {
@@ -138,8 +187,12 @@ async fn write_status(ctx: &Context, inst: &ApplicationInstance, draft: StatusDr
             status[field] = serde_json::Value::Null;
         }
     }
-    api.patch_status(&inst.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await?;
+    api.patch_status(
+        &inst.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
     let flipped: Vec<Condition> = draft
         .flipped
         .iter()
@@ -149,16 +202,27 @@ async fn write_status(ctx: &Context, inst: &ApplicationInstance, draft: StatusDr
     Ok(())
 }
 
-async fn set_finalizer(ctx: &Context, inst: &ApplicationInstance, present: bool) -> Result<(), Error> {
-    let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
+async fn set_finalizer(
+    ctx: &Context,
+    inst: &ApplicationInstance,
+    present: bool,
+) -> Result<(), Error> {
+    let api: Api<ApplicationInstance> =
+        Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
     let mut finalizers: Vec<String> = inst.finalizers().to_vec();
     finalizers.retain(|f| f != keys::FINALIZER_APPLICATION_INSTANCE);
     if present {
         finalizers.push(keys::FINALIZER_APPLICATION_INSTANCE.into());
     }
     // resourceVersion makes the patch fail instead of clobbering a concurrent change.
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": inst.resource_version()}});
-    api.patch(&inst.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": inst.resource_version()}});
+    api.patch(
+        &inst.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -166,13 +230,19 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
     if inst.metadata.deletion_timestamp.is_some() {
         return finalize(&inst, &ctx).await;
     }
-    if !inst.finalizers().iter().any(|f| f == keys::FINALIZER_APPLICATION_INSTANCE) {
+    if !inst
+        .finalizers()
+        .iter()
+        .any(|f| f == keys::FINALIZER_APPLICATION_INSTANCE)
+    {
         set_finalizer(&ctx, &inst, true).await?;
         return Ok(Action::await_change());
     }
     let namespace = inst.namespace().unwrap_or_default();
     let mut draft = StatusDraft::new(&inst);
-    if let Err(message) = vworkspace_api::validation::validate_application_instance(&inst.spec, &namespace) {
+    if let Err(message) =
+        vworkspace_api::validation::validate_application_instance(&inst.spec, &namespace)
+    {
         draft.blocked(r::VALIDATION_FAILED, message);
         write_status(&ctx, &inst, draft).await?;
         return Ok(Action::await_change());
@@ -183,7 +253,12 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
         draft.status.helm_release_ref = None;
         draft.status.last_applied_chart = None;
         draft.status.endpoints.clear();
-        draft.set(Desired::new(types::READY, TRUE, r::PLACEHOLDER, "placeholder instance: nothing to deliver"));
+        draft.set(Desired::new(
+            types::READY,
+            TRUE,
+            r::PLACEHOLDER,
+            "placeholder instance: nothing to deliver",
+        ));
         draft.set(Desired::new(types::RECONCILING, FALSE, r::STABLE, ""));
         draft.set(Desired::new(types::DEGRADED, FALSE, r::RECOVERED, ""));
         draft.unblocked();
@@ -222,7 +297,10 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
     let live = Api::<HelmRelease>::namespaced(ctx.client.clone(), &namespace)
         .patch(&hr_name, &pp, &Patch::Apply(&children.helm_release))
         .await?;
-    draft.status.helm_release_ref = Some(StatusRef { name: hr_name, namespace: namespace.clone() });
+    draft.status.helm_release_ref = Some(StatusRef {
+        name: hr_name,
+        namespace: namespace.clone(),
+    });
     draft.status.last_applied_chart = inst.spec.chart.clone();
     for want in release_conditions(Some(&live)) {
         draft.set(want);
@@ -239,32 +317,55 @@ async fn missing_values_source(
     inst: &ApplicationInstance,
     namespace: &str,
 ) -> Result<Option<String>, Error> {
-    let Some(values) = &inst.spec.values else { return Ok(None) };
+    let Some(values) = &inst.spec.values else {
+        return Ok(None);
+    };
     match values.source {
         ValuesSource::Inline => Ok(None),
         ValuesSource::SecretRef => {
-            let Some(r) = &values.secret_ref else { return Ok(None) };
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace).get_opt(&r.name).await?;
+            let Some(r) = &values.secret_ref else {
+                return Ok(None);
+            };
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(&r.name)
+                .await?;
             Ok(match secret {
-                None => Some(format!("Secret {:?} referenced by spec.values.secretRef not found in namespace {namespace:?}", r.name)),
-                Some(s) if !s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
-                    && !s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key)) =>
+                None => Some(format!(
+                    "Secret {:?} referenced by spec.values.secretRef not found in namespace {namespace:?}",
+                    r.name
+                )),
+                Some(s)
+                    if !s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                        && !s
+                            .string_data
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key(&r.key)) =>
                 {
-                    Some(format!("Secret {:?} has no key {:?} (spec.values.secretRef.key)", r.name, r.key))
+                    Some(format!(
+                        "Secret {:?} has no key {:?} (spec.values.secretRef.key)",
+                        r.name, r.key
+                    ))
                 }
                 Some(_) => None,
             })
         }
         ValuesSource::ConfigMapRef => {
-            let Some(r) = &values.config_map_ref else { return Ok(None) };
-            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace).get_opt(&r.name).await?;
+            let Some(r) = &values.config_map_ref else {
+                return Ok(None);
+            };
+            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(&r.name)
+                .await?;
             Ok(match cm {
                 None => Some(format!(
                     "ConfigMap {:?} referenced by spec.values.configMapRef not found in namespace {namespace:?}",
                     r.name
                 )),
                 Some(c) if !c.data.as_ref().is_some_and(|d| d.contains_key(&r.key)) => {
-                    Some(format!("ConfigMap {:?} has no key {:?} (spec.values.configMapRef.key)", r.name, r.key))
+                    Some(format!(
+                        "ConfigMap {:?} has no key {:?} (spec.values.configMapRef.key)",
+                        r.name, r.key
+                    ))
                 }
                 Some(_) => None,
             })
@@ -272,7 +373,11 @@ async fn missing_values_source(
     }
 }
 
-async fn delete_stale_source(ctx: &Context, namespace: &str, source: &ChartSource) -> Result<(), Error> {
+async fn delete_stale_source(
+    ctx: &Context,
+    namespace: &str,
+    source: &ChartSource,
+) -> Result<(), Error> {
     let name = source.name();
     let dp = DeleteParams::background();
     let result = match source {
@@ -296,15 +401,29 @@ async fn delete_stale_source(ctx: &Context, namespace: &str, source: &ChartSourc
 /// after deletion started (Flux not running or stuck), the instance is released and the
 /// Deleting condition says what was left behind.
 async fn finalize(inst: &ApplicationInstance, ctx: &Context) -> Result<Action, Error> {
-    if !inst.finalizers().iter().any(|f| f == keys::FINALIZER_APPLICATION_INSTANCE) {
+    if !inst
+        .finalizers()
+        .iter()
+        .any(|f| f == keys::FINALIZER_APPLICATION_INSTANCE)
+    {
         return Ok(Action::await_change());
     }
     let namespace = inst.namespace().unwrap_or_default();
-    let release = inst.spec.release.as_ref().map(|r| r.name.clone()).filter(|n| !n.trim().is_empty());
+    let release = inst
+        .spec
+        .release
+        .as_ref()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.trim().is_empty());
     let mut draft = StatusDraft::new(inst);
     let Some(release) = release.filter(|_| inst.spec.mode() == Mode::Managed) else {
         // Placeholder, or a managed instance that never had a release: nothing to uninstall.
-        draft.set(Desired::new(types::DELETING, TRUE, r::DELETING, "removing the instance"));
+        draft.set(Desired::new(
+            types::DELETING,
+            TRUE,
+            r::DELETING,
+            "removing the instance",
+        ));
         write_status(ctx, inst, draft).await?;
         set_finalizer(ctx, inst, false).await?;
         return Ok(Action::await_change());
@@ -342,7 +461,11 @@ async fn finalize(inst: &ApplicationInstance, ctx: &Context) -> Result<Action, E
             types::DELETING,
             TRUE,
             r::WAITING_FOR_CHILD_RESOURCES,
-            format!("gave up waiting for Flux after {}s; left behind: {}", DELETION_WAIT.as_secs(), remaining.join(", ")),
+            format!(
+                "gave up waiting for Flux after {}s; left behind: {}",
+                DELETION_WAIT.as_secs(),
+                remaining.join(", ")
+            ),
         ));
         write_status(ctx, inst, draft).await?;
         warn!(instance = %inst.name_any(), "releasing instance with Flux children still present");
@@ -358,7 +481,9 @@ async fn finalize(inst: &ApplicationInstance, ctx: &Context) -> Result<Action, E
     write_status(ctx, inst, draft).await?;
     info!(instance = %inst.name_any(), "waiting for Flux children to go");
     // Child deletions arrive through the owned watches; the requeue bounds the wait.
-    Ok(Action::requeue(DELETION_WAIT.saturating_sub(waited) + Duration::from_secs(1)))
+    Ok(Action::requeue(
+        DELETION_WAIT.saturating_sub(waited) + Duration::from_secs(1),
+    ))
 }
 
 fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {

@@ -14,7 +14,13 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client) -> Self {
-        let reporter = Reporter { controller: "vworkspace-operator".into(), instance: std::env::var("POD_NAME").ok() };
-        Context { recorder: Recorder::new(client.clone(), reporter), client }
+        let reporter = Reporter {
+            controller: "vworkspace-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
     }
 }

@@ -66,9 +66,14 @@ pub fn child_labels(instance: &ApplicationInstance) -> BTreeMap<String, String> 
     let mut labels = BTreeMap::new();
     labels.insert(
         keys::LABEL_MANAGED_BY.to_string(),
-        own.get(keys::LABEL_MANAGED_BY).cloned().unwrap_or_else(|| keys::MANAGED_BY_OPERATOR.into()),
+        own.get(keys::LABEL_MANAGED_BY)
+            .cloned()
+            .unwrap_or_else(|| keys::MANAGED_BY_OPERATOR.into()),
     );
-    labels.insert(keys::LABEL_APPLICATION_INSTANCE.to_string(), instance.name_any());
+    labels.insert(
+        keys::LABEL_APPLICATION_INSTANCE.to_string(),
+        instance.name_any(),
+    );
     if let Some(id) = own.get(keys::LABEL_CLUSTER_ID) {
         labels.insert(keys::LABEL_CLUSTER_ID.to_string(), id.clone());
     }
@@ -85,9 +90,11 @@ fn oci_url(base: &str, chart: &str) -> String {
 pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, String> {
     let namespace = instance.namespace().unwrap_or_default();
     validate_application_instance(&instance.spec, &namespace)?;
-    let (Some(chart), Some(release), Some(values)) =
-        (&instance.spec.chart, &instance.spec.release, &instance.spec.values)
-    else {
+    let (Some(chart), Some(release), Some(values)) = (
+        &instance.spec.chart,
+        &instance.spec.release,
+        &instance.spec.values,
+    ) else {
         return Err("spec.chart, spec.release and spec.values are required in managed mode".into());
     };
     let owner: OwnerReference = instance
@@ -105,7 +112,10 @@ pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, 
         SourceType::Helm => (
             ChartSource::Helm(HelmRepository {
                 metadata: meta(src_name.clone()),
-                spec: HelmRepositorySpec { url: chart.url.trim().to_string(), interval: SOURCE_INTERVAL.into() },
+                spec: HelmRepositorySpec {
+                    url: chart.url.trim().to_string(),
+                    interval: SOURCE_INTERVAL.into(),
+                },
                 status: None,
             }),
             Some(HelmChartTemplate {
@@ -127,7 +137,9 @@ pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, 
                 spec: OCIRepositorySpec {
                     url: oci_url(&chart.url, &chart.name),
                     interval: SOURCE_INTERVAL.into(),
-                    r#ref: Some(OCIRepositoryRef { tag: Some(chart.version.clone()) }),
+                    r#ref: Some(OCIRepositoryRef {
+                        tag: Some(chart.version.clone()),
+                    }),
                     layer_selector: Some(OCILayerSelector {
                         media_type: HELM_CHART_LAYER.into(),
                         operation: "copy".into(),
@@ -145,7 +157,11 @@ pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, 
     };
     let reference = |kind: &str, r: &Option<vworkspace_api::application_instance::KeyRef>| {
         r.as_ref().map(|r| {
-            vec![ValuesReference { kind: kind.into(), name: r.name.clone(), values_key: Some(r.key.clone()) }]
+            vec![ValuesReference {
+                kind: kind.into(),
+                name: r.name.clone(),
+                values_key: Some(r.key.clone()),
+            }]
         })
     };
     let (inline, values_from) = match values.source {
@@ -162,7 +178,11 @@ pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, 
             chart_ref,
             values: inline,
             values_from,
-            install: Some(Install { remediation: Some(InstallRemediation { retries: Some(REMEDIATION_RETRIES) }) }),
+            install: Some(Install {
+                remediation: Some(InstallRemediation {
+                    retries: Some(REMEDIATION_RETRIES),
+                }),
+            }),
             upgrade: Some(Upgrade {
                 remediation: Some(UpgradeRemediation {
                     retries: Some(REMEDIATION_RETRIES),
@@ -171,13 +191,19 @@ pub fn desired_children(instance: &ApplicationInstance) -> Result<FluxChildren, 
                 }),
                 cleanup_on_fail: Some(true),
             }),
-            rollback: Some(Rollback { timeout: Some("5m0s".into()), cleanup_on_fail: Some(true) }),
+            rollback: Some(Rollback {
+                timeout: Some("5m0s".into()),
+                cleanup_on_fail: Some(true),
+            }),
             max_history: Some(MAX_HISTORY),
             suspend: None,
         },
         status: None,
     };
-    Ok(FluxChildren { source, helm_release })
+    Ok(FluxChildren {
+        source,
+        helm_release,
+    })
 }
 
 #[cfg(test)]

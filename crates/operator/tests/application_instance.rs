@@ -1,0 +1,481 @@
+//! ApplicationInstance controller against a real kube-apiserver with the Flux CRDs; the
+//! test plays helm-controller by writing HelmRelease status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testkit::{ControlPlane, fresh_namespace};
+use vworkspace_api::ApplicationInstance;
+use vworkspace_api::conditions::find;
+use vworkspace_operator::controller::{Context, application_instance};
+use vworkspace_operator::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
+
+const CANARY: &str = "canary-7f3a9c-do-not-leak";
+
+async fn setup(prefix: &str) -> (Client, String) {
+    let cp = ControlPlane::get().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = fresh_namespace(&client, prefix).await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone()));
+    let scope = ns.clone();
+    tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
+    (client, ns)
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn instance(ns: &str, name: &str, chart: Value, values: Value) -> ApplicationInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app.vworkspace.io/cluster-id": "test-1"}},
+        "spec": {"appRef": {"catalogId": name}, "chart": chart,
+                 "release": {"name": name, "namespace": ns}, "values": values}
+    }))
+    .unwrap()
+}
+
+fn helm_chart(version: &str) -> Value {
+    json!({"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": version})
+}
+
+async fn condition(
+    api: &Api<ApplicationInstance>,
+    name: &str,
+    t: &str,
+) -> Option<(String, String, String)> {
+    let inst = api.get_opt(name).await.ok()??;
+    let c = find(&inst.status?.conditions, t)?.clone();
+    Some((c.status, c.reason, c.message))
+}
+
+async fn wait_condition(
+    api: &Api<ApplicationInstance>,
+    name: &str,
+    t: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    eventually(&format!("{name} {t}={status}/{reason}"), WAIT, || async {
+        condition(api, name, t)
+            .await
+            .filter(|(s, r, _)| s == status && r == reason)
+            .map(|(_, _, m)| m)
+    })
+    .await
+}
+
+/// Plays helm-controller: writes Ready (and Released) for the HelmRelease's generation.
+async fn flux_reports(
+    api: &Api<HelmRelease>,
+    name: &str,
+    ready: &str,
+    reason: &str,
+    message: &str,
+) {
+    let hr = api.get(name).await.unwrap();
+    let now = "2026-01-01T00:00:00Z";
+    let mut conditions = vec![
+        json!({"type": "Ready", "status": ready, "reason": reason, "message": message, "lastTransitionTime": now}),
+    ];
+    if ready == "False" {
+        conditions.push(json!({"type": "Released", "status": "False", "reason": reason, "message": message, "lastTransitionTime": now}));
+    }
+    let status =
+        json!({"status": {"observedGeneration": hr.metadata.generation, "conditions": conditions}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn helm_chart_is_delivered_and_status_follows_the_release() {
+    let (client, ns) = setup("ai-helm").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let inst = instance(
+        &ns,
+        "wiki",
+        helm_chart("1.0.0"),
+        json!({"source": "inline", "inline": {"replicas": 2}}),
+    );
+    api.create(&PostParams::default(), &inst).await.unwrap();
+
+    let hr = eventually("HelmRelease", WAIT, || async {
+        hrs.get_opt("wiki").await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        hr.spec.chart.as_ref().unwrap().spec.version.as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(hr.spec.values, Some(json!({"replicas": 2})));
+    assert_eq!(hr.owner_references()[0].kind, "ApplicationInstance");
+    assert_eq!(hr.labels()["app.vworkspace.io/cluster-id"], "test-1");
+    let repo = Api::<HelmRepository>::namespaced(client.clone(), &ns)
+        .get("wiki-source")
+        .await
+        .unwrap();
+    assert_eq!(repo.owner_references()[0].controller, Some(true));
+    wait_condition(&api, "wiki", "Ready", "Unknown", "Reconciling").await;
+
+    // Labels added by someone else survive our applies.
+    hrs.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+    )
+    .await
+    .unwrap();
+
+    flux_reports(
+        &hrs,
+        "wiki",
+        "True",
+        "InstallSucceeded",
+        "Helm install succeeded",
+    )
+    .await;
+    let msg = wait_condition(&api, "wiki", "Ready", "True", "HelmReleaseReady").await;
+    assert_eq!(msg, "Helm install succeeded");
+    let got = api.get("wiki").await.unwrap();
+    let status = got.status.unwrap();
+    assert_eq!(status.helm_release_ref.unwrap().name, "wiki");
+    assert_eq!(status.last_applied_chart.unwrap().version, "1.0.0");
+    assert_eq!(status.observed_generation, got.metadata.generation);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == got.metadata.generation)
+    );
+
+    // A chart version change reaches the HelmRelease; Ready waits for Flux to see it.
+    api.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"chart": {"version": "1.1.0"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("new version on HelmRelease", WAIT, || async {
+        let hr = hrs.get("wiki").await.unwrap();
+        (hr.spec.chart.unwrap().spec.version.as_deref() == Some("1.1.0")).then_some(())
+    })
+    .await;
+    wait_condition(&api, "wiki", "Ready", "Unknown", "Reconciling").await;
+    assert_eq!(hrs.get("wiki").await.unwrap().labels()["team"], "a");
+
+    // A failed release is Ready=False, not Unknown.
+    flux_reports(
+        &hrs,
+        "wiki",
+        "False",
+        "UpgradeFailed",
+        "upgrade retries exhausted",
+    )
+    .await;
+    wait_condition(&api, "wiki", "Ready", "False", "HelmReleaseFailed").await;
+    wait_condition(&api, "wiki", "Degraded", "True", "HelmReleaseDegraded").await;
+
+    // Every transition was recorded as an Event.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = eventually("events", WAIT, || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        let reasons: Vec<String> = list.items.into_iter().filter_map(|e| e.reason).collect();
+        reasons
+            .iter()
+            .any(|r| r == "HelmReleaseFailed")
+            .then_some(reasons)
+    })
+    .await;
+    assert!(
+        reasons.iter().any(|r| r == "HelmReleaseReady"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn secret_values_are_referenced_and_never_copied() {
+    let (client, ns) = setup("ai-secret").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let inst = instance(
+        &ns,
+        "chat",
+        helm_chart("2.0.0"),
+        json!({"source": "secretRef", "secretRef": {"name": "chat-values", "key": "values.yaml"}}),
+    );
+    api.create(&PostParams::default(), &inst).await.unwrap();
+    let msg = wait_condition(&api, "chat", "Blocked", "True", "WaitingForSecret").await;
+    assert!(msg.contains("\"chat-values\""), "{msg}");
+    wait_condition(&api, "chat", "Ready", "False", "WaitingForSecret").await;
+    assert!(hrs.get_opt("chat").await.unwrap().is_none());
+
+    // The Secret appearing unblocks the instance without any change to it.
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("chat-values".into());
+    secret.data = Some(
+        [(
+            "values.yaml".to_string(),
+            ByteString(format!("adminPassword: {CANARY}\n").into_bytes()),
+        )]
+        .into(),
+    );
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let hr = eventually("HelmRelease", WAIT, || async {
+        hrs.get_opt("chat").await.unwrap()
+    })
+    .await;
+    let hr_json = serde_json::to_string(&hr).unwrap();
+    assert!(hr_json.contains("\"valuesFrom\":[{\"kind\":\"Secret\",\"name\":\"chat-values\",\"valuesKey\":\"values.yaml\"}]"), "{hr_json}");
+    wait_condition(&api, "chat", "Blocked", "False", "Unblocked").await;
+
+    flux_reports(&hrs, "chat", "True", "InstallSucceeded", "ok").await;
+    wait_condition(&api, "chat", "Ready", "True", "HelmReleaseReady").await;
+    let hr_json = serde_json::to_string(&hrs.get("chat").await.unwrap()).unwrap();
+    let inst_json = serde_json::to_string(&api.get("chat").await.unwrap()).unwrap();
+    let events = serde_json::to_string(
+        &Api::<Event>::namespaced(client, &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for (what, text) in [
+        ("HelmRelease", hr_json),
+        ("instance", inst_json),
+        ("events", events),
+    ] {
+        assert!(!text.contains(CANARY), "secret value leaked into {what}");
+    }
+}
+
+#[tokio::test]
+async fn oci_chart_uses_oci_repository() {
+    let (client, ns) = setup("ai-oci").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let chart = json!({"sourceType": "oci", "url": "oci://ghcr.io/acme/charts", "name": "podinfo", "version": "6.7.1"});
+    api.create(
+        &PostParams::default(),
+        &instance(
+            &ns,
+            "podinfo",
+            chart,
+            json!({"source": "inline", "inline": {}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let repos: Api<OCIRepository> = Api::namespaced(client.clone(), &ns);
+    let repo = eventually("OCIRepository", WAIT, || async {
+        repos.get_opt("podinfo-source").await.unwrap()
+    })
+    .await;
+    assert_eq!(repo.spec.url, "oci://ghcr.io/acme/charts/podinfo");
+    assert_eq!(repo.spec.r#ref.unwrap().tag.as_deref(), Some("6.7.1"));
+    let hrs: Api<HelmRelease> = Api::namespaced(client, &ns);
+    let hr = eventually("HelmRelease", WAIT, || async {
+        hrs.get_opt("podinfo").await.unwrap()
+    })
+    .await;
+    let chart_ref = hr.spec.chart_ref.unwrap();
+    assert_eq!(
+        (chart_ref.kind.as_str(), chart_ref.name.as_str()),
+        ("OCIRepository", "podinfo-source")
+    );
+    assert!(hr.spec.chart.is_none());
+}
+
+#[tokio::test]
+async fn placeholder_creates_nothing_and_is_ready() {
+    let (client, ns) = setup("ai-placeholder").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let inst: ApplicationInstance = serde_json::from_value(json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": {"name": "cluster-ops", "namespace": ns,
+                     "annotations": {"ops.vworkspace.io/runcommand": "job"}},
+        "spec": {"appRef": {"catalogId": "cluster-ops"}, "mode": "placeholder"}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &inst).await.unwrap();
+    wait_condition(&api, "cluster-ops", "Ready", "True", "Placeholder").await;
+    let got = api.get("cluster-ops").await.unwrap();
+    assert_eq!(got.annotations()["ops.vworkspace.io/runcommand"], "job");
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        hrs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    api.delete("cluster-ops", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("placeholder gone", WAIT, || async {
+        api.get_opt("cluster-ops")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_spec_is_blocked_and_deletes_cleanly() {
+    let (client, ns) = setup("ai-invalid").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    // The schema cannot compare release.namespace with metadata.namespace; the controller does.
+    let mut inst = instance(
+        &ns,
+        "wrong",
+        helm_chart("1.0.0"),
+        json!({"source": "inline", "inline": {}}),
+    );
+    inst.spec.release.as_mut().unwrap().namespace = "elsewhere".into();
+    api.create(&PostParams::default(), &inst).await.unwrap();
+    let msg = wait_condition(&api, "wrong", "Blocked", "True", "ValidationFailed").await;
+    assert!(
+        msg.contains("spec.release.namespace must match metadata.namespace"),
+        "{msg}"
+    );
+    // Fixing the spec unblocks it.
+    api.patch(
+        "wrong",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"release": {"namespace": ns}}})),
+    )
+    .await
+    .unwrap();
+    wait_condition(&api, "wrong", "Blocked", "False", "Unblocked").await;
+}
+
+#[tokio::test]
+async fn deletion_waits_for_flux_to_uninstall() {
+    let (client, ns) = setup("ai-delete").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &instance(
+            &ns,
+            "wiki",
+            helm_chart("1.0.0"),
+            json!({"source": "inline", "inline": {}}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("HelmRelease", WAIT, || async {
+        hrs.get_opt("wiki").await.unwrap()
+    })
+    .await;
+    // Flux's finalizer stands for the Helm uninstall still to happen.
+    hrs.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["finalizers.fluxcd.io"]}})),
+    )
+    .await
+    .unwrap();
+    api.delete("wiki", &DeleteParams::default()).await.unwrap();
+    let msg = wait_condition(&api, "wiki", "Deleting", "True", "Uninstalling").await;
+    assert!(msg.contains("HelmRelease wiki"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        api.get_opt("wiki").await.unwrap().is_some(),
+        "finalizer removed before Flux uninstalled"
+    );
+    assert!(
+        Api::<HelmRepository>::namespaced(client.clone(), &ns)
+            .get_opt("wiki-source")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Flux finishes the uninstall.
+    hrs.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("instance gone", WAIT, || async {
+        api.get_opt("wiki").await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_hundred_instances_converge() {
+    let (client, ns) = setup("ai-many").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    for i in 0..200 {
+        let name = format!("app-{i:03}");
+        api.create(
+            &PostParams::default(),
+            &instance(
+                &ns,
+                &name,
+                helm_chart("1.0.0"),
+                json!({"source": "inline", "inline": {}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("200 HelmReleases", Duration::from_secs(180), || async {
+        (hrs.list(&ListParams::default()).await.unwrap().items.len() == 200).then_some(())
+    })
+    .await;
+    for hr in hrs.list(&ListParams::default()).await.unwrap() {
+        flux_reports(&hrs, &hr.name_any(), "True", "InstallSucceeded", "ok").await;
+    }
+    eventually("200 Ready instances", Duration::from_secs(180), || async {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| vworkspace_api::conditions::is_true(&s.conditions, "Ready"))
+            })
+            .count();
+        (ready == 200).then_some(())
+    })
+    .await;
+    eprintln!(
+        "200 instances converged in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
