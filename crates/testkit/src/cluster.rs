@@ -160,10 +160,10 @@ pub fn start(opts: &StartOptions) -> Result<Running> {
             check_alive(&mut children[0], "etcd", &etcd_log)?;
             check_alive(&mut children[1], "kube-apiserver", &api_log)?;
             let req = http::Request::get("/readyz").body(Vec::new())?;
-            if let Ok(body) = client.request_text(req).await {
-                if body.trim() == "ok" {
-                    break;
-                }
+            if let Ok(body) = client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                break;
             }
             if Instant::now() > deadline {
                 bail!(
