@@ -479,3 +479,124 @@ async fn two_hundred_instances_converge() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn children_are_garbage_collected_when_the_operator_is_gone() {
+    let cp = ControlPlane::get().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = fresh_namespace(&client, "ai-gc").await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone()));
+    let scope = ns.clone();
+    let operator = tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let repos: Api<HelmRepository> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &instance(
+            &ns,
+            "wiki",
+            helm_chart("1.0.0"),
+            json!({"source": "inline", "inline": {}}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("children", WAIT, || async {
+        let hr = hrs.get_opt("wiki").await.unwrap();
+        let repo = repos.get_opt("wiki-source").await.unwrap();
+        hr.zip(repo)
+    })
+    .await;
+
+    // The operator goes away and someone strips its finalizer: only the owner
+    // references are left, and kube-controller-manager's garbage collector must act.
+    operator.abort();
+    let _ = operator.await;
+    api.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    api.delete("wiki", &DeleteParams::default()).await.unwrap();
+    eventually("children collected", Duration::from_secs(60), || async {
+        let hr = hrs.get_opt("wiki").await.unwrap();
+        let repo = repos.get_opt("wiki-source").await.unwrap();
+        (hr.is_none() && repo.is_none()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspended_release_is_reported_and_not_undone() {
+    let (client, ns) = setup("ai-suspend").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &instance(
+            &ns,
+            "wiki",
+            helm_chart("1.0.0"),
+            json!({"source": "inline", "inline": {}}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("HelmRelease", WAIT, || async {
+        hrs.get_opt("wiki").await.unwrap()
+    })
+    .await;
+    wait_condition(&api, "wiki", "Suspended", "False", "Active").await;
+
+    // A person runs `flux suspend`: a different field manager sets spec.suspend.
+    hrs.patch(
+        "wiki",
+        &PatchParams::apply("flux-cli").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "wiki"}, "spec": {"suspend": true}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_condition(&api, "wiki", "Suspended", "True", "ManuallySuspended").await;
+    // A spec change on the instance is still applied without clearing the suspension.
+    api.patch(
+        "wiki",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"chart": {"version": "1.2.0"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("new version", WAIT, || async {
+        let hr = hrs.get("wiki").await.unwrap();
+        (hr.spec.chart.as_ref().unwrap().spec.version.as_deref() == Some("1.2.0")).then_some(hr)
+    })
+    .await;
+    assert_eq!(hrs.get("wiki").await.unwrap().spec.suspend, Some(true));
+
+    // Resumed: the condition follows.
+    hrs.patch(
+        "wiki",
+        &PatchParams::apply("flux-cli").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "wiki"}, "spec": {"suspend": false}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_condition(&api, "wiki", "Suspended", "False", "Active").await;
+    let events = Api::<Event>::namespaced(client, &ns);
+    eventually("suspension events", WAIT, || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ManuallySuspended"))
+            .then_some(())
+    })
+    .await;
+}
