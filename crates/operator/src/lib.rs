@@ -3,3 +3,4 @@
 pub mod controller;
 pub mod flux;
 pub mod kinds;
+pub mod leader;
