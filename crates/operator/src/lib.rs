@@ -4,3 +4,4 @@ pub mod controller;
 pub mod flux;
 pub mod kinds;
 pub mod leader;
+pub mod probes;

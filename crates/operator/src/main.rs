@@ -2,52 +2,301 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context as _, Result};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use vworkspace_operator::controller::{Context, application_instance};
+use vworkspace_operator::leader::{self, LeaderConfig};
+use vworkspace_operator::probes::{self, Readiness};
 
 #[derive(Parser)]
 #[command(name = "vworkspace-operator", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Flags of `run`, also accepted without the subcommand (`/manager --leader-elect`).
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controllers (default).
-    Run {
-        /// Watch only this namespace instead of the whole cluster.
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
-    },
+    /// Run the controllers and the Pull-mode agent (default).
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crd,
 }
 
+/// Boolean flags accept `--flag`, `--flag=true` and `--flag=false`, as the original
+/// manager's flags did (charts render `--leader-elect=true`).
+#[derive(Args, Clone, Debug)]
+struct RunArgs {
+    /// Watch only this namespace instead of the whole cluster.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Metrics listener (`:8443`, `127.0.0.1:9090`); `0` turns metrics off.
+    #[arg(long, default_value = "0")]
+    metrics_bind_address: String,
+    /// Accepted for compatibility. Metrics are served over plain HTTP; protect the port
+    /// with a NetworkPolicy (see docs/operations.md).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    metrics_secure: bool,
+    /// Liveness (`/healthz`) and readiness (`/readyz`) listener.
+    #[arg(long, default_value = ":8081")]
+    health_probe_bind_address: String,
+    /// Elect a leader through a Lease so only one replica polls the control plane.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    leader_elect: bool,
+    /// Accepted for compatibility; servers speak HTTP/1.1.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    enable_http2: bool,
+    /// Admission webhooks are not part of this build; `true` is refused at start-up.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    webhooks_enabled: bool,
+    #[arg(long, hide = true)]
+    webhook_cert_path: Option<String>,
+    #[arg(long, hide = true)]
+    webhook_cert_name: Option<String>,
+    #[arg(long, hide = true)]
+    webhook_cert_key: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_path: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_name: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_key: Option<String>,
+    /// Long-poll `wait` for jobs (`30s`, `1m`, or bare seconds).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    agent_poll_interval: Duration,
+    /// Name of the credentials Secret in the operator namespace.
+    #[arg(long, default_value = "vworkspace-agent-credentials")]
+    agent_credentials_secret: String,
+    /// Operator namespace (credentials, idempotency store, leader Lease).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vworkspace-system")]
+    agent_credentials_namespace: String,
+    /// HMAC secret for `vws1` approval claims; empty makes every claim invalid.
+    #[arg(
+        long,
+        env = "VWORKSPACE_APPROVAL_CLAIM_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    approval_claim_secret: String,
+    /// Namespace where Velero Backup/Restore objects are created.
+    #[arg(long, env = "VELERO_NAMESPACE", default_value = "velero")]
+    velero_namespace: String,
+    /// SeaweedFS support is not part of this operator; accepted and ignored.
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    seaweed_watches_enabled: bool,
+    /// Log level: `debug`, `info`, `warn`, `error`, or a zap integer (`-1`..`2`).
+    #[arg(long, default_value = "info")]
+    zap_log_level: String,
+    /// Log encoding: `json` (default) or `console`.
+    #[arg(long, default_value = "json")]
+    zap_encoder: String,
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    zap_devel: Option<bool>,
+    #[arg(long, hide = true)]
+    zap_stacktrace_level: Option<String>,
+    #[arg(long, hide = true)]
+    zap_time_encoding: Option<String>,
+    #[command(flatten)]
+    legacy: LegacyAgentArgs,
+}
+
+/// Flags of older charts and scripts. Accepted so their pods do not crash-loop; the
+/// value flags override single fields of the credentials Secret.
+#[derive(Args, Clone, Debug)]
+struct LegacyAgentArgs {
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    agent_enabled: Option<bool>,
+    #[arg(long, hide = true, env = "CONTROL_PLANE_BASE_URL")]
+    control_plane_base_url: Option<String>,
+    #[arg(long, hide = true, env = "ODOO_BASE_URL")]
+    odoo_base_url: Option<String>,
+    #[arg(long, hide = true, env = "VWORKSPACE_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    #[arg(
+        long,
+        hide = true,
+        env = "VWORKSPACE_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    agent_token: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 2m or 30"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn log_filter(level: &str) -> String {
+    let level = match level.trim() {
+        "-1" | "debug" => "debug",
+        "0" | "info" => "info",
+        "1" | "warn" => "warn",
+        "2" | "error" => "error",
+        other if other.parse::<i32>().is_ok_and(|n| n < -1) => "trace",
+        _ => "info",
+    };
+    format!("{level},kube=warn,hyper=warn,tower=warn")
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| log_filter(&args.zap_log_level).into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.zap_encoder == "console" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Cli::parse().command.unwrap_or(Command::Run {
-        watch_namespace: None,
-    }) {
-        Command::Crd => {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
             std::io::stdout().write_all(vworkspace_api::crd_yaml().as_bytes())?;
             Ok(())
         }
-        Command::Run { watch_namespace } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,kube=warn".into()),
-                )
-                .json()
-                .init();
-            let client = kube::Client::try_default().await?;
-            let ctx = Arc::new(Context::new(client));
-            tracing::info!("starting controllers");
-            application_instance::run(ctx, watch_namespace.as_deref()).await;
-            Ok(())
+        Some(Command::Run(args)) => run(*args).await,
+        None => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    init_logging(&args);
+    if args.webhooks_enabled {
+        anyhow::bail!(
+            "--webhooks-enabled=true: admission webhooks are not part of this build; \
+             CRD schemas and CEL rules enforce the static checks"
+        );
+    }
+    if args.legacy.agent_enabled.is_some() {
+        tracing::warn!("--agent-enabled is obsolete and ignored: the agent always runs");
+    }
+    if args.metrics_secure && args.metrics_bind_address != "0" {
+        tracing::warn!(
+            "metrics are served over plain HTTP; restrict the port with a NetworkPolicy"
+        );
+    }
+
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let shutdown = CancellationToken::new();
+    let readiness = Arc::new(Readiness::default());
+
+    let probe_addr = probes::serve(
+        &args.health_probe_bind_address,
+        probes::probe_router(readiness.clone()),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding {}", args.health_probe_bind_address))?;
+    tokio::spawn(probes::watch_api(
+        readiness.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let leader_config = args
+        .leader_elect
+        .then(|| LeaderConfig::new(&args.agent_credentials_namespace, identity.clone()));
+    let _leadership = leader::spawn(client.clone(), leader_config, shutdown.clone());
+
+    tracing::info!(
+        operator_version = env!("CARGO_PKG_VERSION"),
+        probes = %probe_addr,
+        namespace = %args.agent_credentials_namespace,
+        leader_elect = args.leader_elect,
+        "starting controllers"
+    );
+    let ctx = Arc::new(Context::new(client.clone()));
+    let watch_namespace = args.watch_namespace.clone();
+    let controllers = async move {
+        application_instance::run(ctx, watch_namespace.as_deref()).await;
+    };
+
+    tokio::select! {
+        _ = controllers => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    shutdown.cancel();
+    // Let the elector release its lease and servers drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "vworkspace-operator".into())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn old_chart_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "manager",
+            "--leader-elect=true",
+            "--health-probe-bind-address=:8081",
+            "--metrics-bind-address=0",
+            "--agent-poll-interval=5s",
+            "--agent-credentials-secret=vworkspace-agent-credentials",
+            "--agent-enabled",
+            "--zap-log-level=debug",
+        ])
+        .unwrap();
+        assert!(cli.run.leader_elect);
+        assert_eq!(cli.run.agent_poll_interval, Duration::from_secs(5));
+        let cli = Cli::try_parse_from(["manager", "run", "--leader-elect"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run(a)) if a.leader_elect));
     }
 }
