@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::AuthInfo;
 use kube::{Client, Config};
@@ -111,6 +113,55 @@ impl ControlPlane {
         name: &str,
         rules: Vec<PolicyRule>,
     ) -> Result<Client> {
+        let token = self
+            .service_account_token(namespace, name, rules, None)
+            .await?;
+        let mut config = self.admin_config().await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Like [`Self::client_for_service_account`], plus a Role with `local_rules` in the
+    /// ServiceAccount's own namespace, written as a kubeconfig file for a child process
+    /// (the operator binary under the chart's RBAC).
+    pub async fn kubeconfig_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        cluster_rules: Vec<PolicyRule>,
+        local_rules: Vec<PolicyRule>,
+    ) -> Result<PathBuf> {
+        let token = self
+            .service_account_token(namespace, name, cluster_rules, Some(local_rules))
+            .await?;
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        let users = doc
+            .get_mut("users")
+            .and_then(|u| u.as_sequence_mut())
+            .context("admin kubeconfig has no users")?;
+        for user in users.iter_mut() {
+            let mut auth = serde_yaml::Mapping::new();
+            auth.insert("token".into(), token.clone().into());
+            if let Some(m) = user.as_mapping_mut() {
+                m.insert("user".into(), serde_yaml::Value::Mapping(auth));
+            }
+        }
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
+        Ok(path)
+    }
+
+    async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        rules: Vec<PolicyRule>,
+        local_rules: Option<Vec<PolicyRule>>,
+    ) -> Result<String> {
         let admin = self.client().await?;
         let pp = PostParams::default();
         let sa = ServiceAccount {
@@ -124,6 +175,12 @@ impl ControlPlane {
         sas.create(&pp, &sa)
             .await
             .context("creating ServiceAccount")?;
+        let subject = Subject {
+            kind: "ServiceAccount".into(),
+            name: name.into(),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        };
         let role_name = format!("testkit:{namespace}:{name}");
         let role = ClusterRole {
             metadata: ObjectMeta {
@@ -145,19 +202,43 @@ impl ControlPlane {
             role_ref: RoleRef {
                 api_group: Some("rbac.authorization.k8s.io".into()),
                 kind: "ClusterRole".into(),
-                name: role_name,
+                name: role_name.clone(),
             },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: name.into(),
-                namespace: Some(namespace.into()),
-                ..Default::default()
-            }]),
+            subjects: Some(vec![subject.clone()]),
         };
         Api::<ClusterRoleBinding>::all(admin.clone())
             .create(&pp, &binding)
             .await
             .context("creating ClusterRoleBinding")?;
+        if let Some(local_rules) = local_rules {
+            let role = Role {
+                metadata: ObjectMeta {
+                    name: Some(role_name.clone()),
+                    ..Default::default()
+                },
+                rules: Some(local_rules),
+            };
+            Api::<Role>::namespaced(admin.clone(), namespace)
+                .create(&pp, &role)
+                .await
+                .context("creating Role")?;
+            let binding = RoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(role_name.clone()),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: role_name,
+                },
+                subjects: Some(vec![subject]),
+            };
+            Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+                .create(&pp, &binding)
+                .await
+                .context("creating RoleBinding")?;
+        }
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
                 audiences: Some(vec!["https://kubernetes.default.svc".into()]),
@@ -170,16 +251,11 @@ impl ControlPlane {
             .create_subresource("token", name, &pp, &request)
             .await
             .context("requesting a ServiceAccount token")?;
-        let token = token
+        token
             .status
             .and_then(|s| s.token)
-            .context("TokenRequest without a token")?;
-        let mut config = self.admin_config().await?;
-        config.auth_info = AuthInfo {
-            token: Some(token.into()),
-            ..Default::default()
-        };
-        Ok(Client::try_from(config)?)
+            .filter(|t| !t.is_empty())
+            .context("TokenRequest without a token")
     }
 }
 
