@@ -27,6 +27,31 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crd,
+    /// Break-glass registration: write the token Secret and the `Cluster`, then wait until
+    /// the running operator has exchanged the token.
+    Register(RegisterArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct RegisterArgs {
+    /// One-time registration token issued by the control plane.
+    #[arg(long, hide_env_values = true)]
+    token: String,
+    /// Control-plane base URL as reachable from the operator pod.
+    #[arg(long, env = "CONTROL_PLANE_BASE_URL")]
+    control_plane_endpoint: String,
+    /// Name of the `Cluster` object.
+    #[arg(long, default_value = "cluster-local")]
+    cluster_name: String,
+    /// Server-issued cluster id, when the token is bound to a known cluster.
+    #[arg(long, env = "VWORKSPACE_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Operator namespace, where the token Secret is written.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vworkspace-system")]
+    namespace: String,
+    /// How long to wait for the exchange.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 /// Boolean flags accept `--flag`, `--flag=true` and `--flag=false`, as the original
@@ -177,6 +202,13 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => run(*args).await,
+        Some(Command::Register(args)) => {
+            if let Err(e) = register(args).await {
+                eprintln!("register failed: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         None => run(cli.run).await,
     }
 }
@@ -245,6 +277,114 @@ async fn run(args: RunArgs) -> Result<()> {
     // Let the elector release its lease and servers drain.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
+}
+
+/// Writes the token into a Secret (never into the Cluster spec: the inline field is
+/// deprecated) and the Cluster pointing at it, then waits for the operator to exchange it.
+async fn register(args: RegisterArgs) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    use vworkspace_api::Cluster;
+
+    if !(args.control_plane_endpoint.starts_with("https://")
+        || args.control_plane_endpoint.starts_with("http://"))
+    {
+        anyhow::bail!(
+            "--control-plane-endpoint must start with https:// or http://, got {:?}",
+            args.control_plane_endpoint
+        );
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let pp = PatchParams::apply("vworkspace-cli").force();
+    let secret_name = format!("{}-registration", args.cluster_name);
+    Api::<Secret>::namespaced(client.clone(), &args.namespace)
+        .patch(
+            &secret_name,
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": secret_name},
+                "type": "Opaque",
+                "stringData": {"registrationToken": args.token.trim()}
+            })),
+        )
+        .await
+        .with_context(|| format!("writing Secret {}/{secret_name}", args.namespace))?;
+    let mut spec = serde_json::json!({
+        "controlPlaneEndpoint": args.control_plane_endpoint,
+        "registrationTokenSecretRef": {"name": secret_name, "key": "registrationToken"},
+    });
+    if let Some(id) = args.cluster_id.as_deref().filter(|s| !s.is_empty()) {
+        spec["clusterId"] = id.into();
+    }
+    let clusters: Api<Cluster> = Api::all(client);
+    clusters
+        .patch(
+            &args.cluster_name,
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
+                "metadata": {"name": args.cluster_name},
+                "spec": spec
+            })),
+        )
+        .await
+        .with_context(|| format!("writing Cluster {}", args.cluster_name))?;
+    println!(
+        "Cluster {} written; waiting for the operator to exchange the token",
+        args.cluster_name
+    );
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let status = clusters.get(&args.cluster_name).await?.status;
+        if let Some(status) = status.filter(|s| {
+            s.credential_status
+                .as_ref()
+                .and_then(|c| c.registration_token_consumed)
+                .unwrap_or(false)
+        }) {
+            let secret = status
+                .credentials_secret_ref
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.namespace.as_deref().unwrap_or(&args.namespace),
+                        r.name
+                    )
+                })
+                .unwrap_or_default();
+            println!("registration token exchanged; credentials in Secret {secret}");
+            if let Some(c) = vworkspace_api::conditions::find(&status.conditions, "Connected")
+                .filter(|c| c.status == "True")
+            {
+                println!("Connected=True ({})", c.reason);
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let why = status_summary(&clusters, &args.cluster_name).await;
+            anyhow::bail!(
+                "the token was not exchanged within {}s{why}; is the operator running?",
+                args.timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn status_summary(clusters: &kube::Api<vworkspace_api::Cluster>, name: &str) -> String {
+    let Ok(c) = clusters.get(name).await else {
+        return String::new();
+    };
+    c.status
+        .and_then(|s| {
+            vworkspace_api::conditions::find(&s.conditions, "Authenticated")
+                .map(|c| format!(" (Authenticated={}/{}: {})", c.status, c.reason, c.message))
+        })
+        .unwrap_or_default()
 }
 
 fn hostname() -> String {
