@@ -600,3 +600,64 @@ async fn suspended_release_is_reported_and_not_undone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn inventory_and_endpoints_follow_the_release() {
+    let (client, ns) = setup("ai-endpoints").await;
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let mut inst = instance(
+        &ns,
+        "wiki",
+        helm_chart("1.0.0"),
+        json!({"source": "inline", "inline": {}}),
+    );
+    inst.spec.integrations = Some(
+        serde_json::from_value(json!({"ingress": {"enabled": true, "host": "wiki.example.org"}}))
+            .unwrap(),
+    );
+    api.create(&PostParams::default(), &inst).await.unwrap();
+    let status = eventually("inventory", WAIT, || async {
+        api.get("wiki")
+            .await
+            .unwrap()
+            .status
+            .filter(|s| !s.inventory.is_empty())
+    })
+    .await;
+    let kinds: Vec<_> = status.inventory.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["HelmRepository", "HelmRelease"]);
+    assert_eq!(status.endpoints.len(), 1);
+    assert!(
+        status.endpoints[0].notes.is_some(),
+        "requested, not observed"
+    );
+
+    // The chart's Ingress appears (Helm labels it with the release name).
+    let ingress: k8s_openapi::api::networking::v1::Ingress = serde_json::from_value(json!({
+        "metadata": {"name": "wiki-web", "labels": {"app.kubernetes.io/instance": "wiki"}},
+        "spec": {"rules": [{"host": "wiki.example.org", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                  "backend": {"service": {"name": "wiki", "port": {"number": 80}}}}]}}],
+                 "tls": [{"hosts": ["wiki.example.org"], "secretName": "wiki-tls"}]}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ingress)
+        .await
+        .unwrap();
+    // Flux reporting the install triggers the pass that observes it.
+    flux_reports(
+        &Api::namespaced(client.clone(), &ns),
+        "wiki",
+        "True",
+        "InstallSucceeded",
+        "ok",
+    )
+    .await;
+    let eps = eventually("observed endpoint", WAIT, || async {
+        let s = api.get("wiki").await.unwrap().status?;
+        (s.endpoints.len() == 1 && s.endpoints[0].notes.is_none()).then_some(s.endpoints)
+    })
+    .await;
+    assert_eq!(eps[0].url, "https://wiki.example.org");
+    assert_eq!(eps[0].name, "wiki-web");
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -24,12 +25,17 @@ use vworkspace_api::keys;
 
 use super::Context;
 use super::events::publish_transitions;
+use crate::flux::endpoints;
 use crate::flux::status::release_conditions;
 use crate::flux::{ChartSource, desired_children, source_name};
 use crate::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 /// How long deletion waits for Flux to uninstall before letting the instance go.
 pub const DELETION_WAIT: Duration = Duration::from_secs(600);
+
+/// Blocked instances are re-evaluated on every relevant change (spec, referenced
+/// Secret/ConfigMap) and, as a safety net against missed watch events, at this cadence.
+pub const BLOCKED_RECHECK: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -245,7 +251,7 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
     {
         draft.blocked(r::VALIDATION_FAILED, message);
         write_status(&ctx, &inst, draft).await?;
-        return Ok(Action::await_change());
+        return Ok(Action::requeue(BLOCKED_RECHECK));
     }
     draft.status.observed_generation = inst.metadata.generation;
     draft.status.last_reconcile_time = Some(draft.now.clone());
@@ -253,6 +259,7 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
         draft.status.helm_release_ref = None;
         draft.status.last_applied_chart = None;
         draft.status.endpoints.clear();
+        draft.status.inventory.clear();
         draft.set(Desired::new(
             types::READY,
             TRUE,
@@ -268,14 +275,14 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
     if let Some(message) = missing_values_source(&ctx, &inst, &namespace).await? {
         draft.blocked(r::WAITING_FOR_SECRET, message);
         write_status(&ctx, &inst, draft).await?;
-        return Ok(Action::await_change());
+        return Ok(Action::requeue(BLOCKED_RECHECK));
     }
     let children = match desired_children(&inst) {
         Ok(c) => c,
         Err(message) => {
             draft.blocked(r::VALIDATION_FAILED, message);
             write_status(&ctx, &inst, draft).await?;
-            return Ok(Action::await_change());
+            return Ok(Action::requeue(BLOCKED_RECHECK));
         }
     };
     let pp = PatchParams::apply(keys::FIELD_MANAGER_OPERATOR).force();
@@ -302,6 +309,32 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
         namespace: namespace.clone(),
     });
     draft.status.last_applied_chart = inst.spec.chart.clone();
+    draft.status.inventory = endpoints::inventory(&children, &namespace);
+    let release_ns = inst
+        .spec
+        .release
+        .as_ref()
+        .map(|r| r.namespace.clone())
+        .unwrap_or_else(|| namespace.clone());
+    let release_name = inst
+        .spec
+        .release
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &release_ns)
+        .list(&ListParams::default().labels(&format!(
+            "{}={release_name}",
+            endpoints::RELEASE_INSTANCE_LABEL
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_else(|e| {
+            // Endpoints are informative; a missing permission must not block delivery.
+            warn!(error = %e, "cannot list Ingresses for status.endpoints");
+            Vec::new()
+        });
+    draft.status.endpoints = endpoints::endpoints(&inst, &ingresses);
     for want in release_conditions(Some(&live)) {
         draft.set(want);
     }

@@ -20,6 +20,7 @@ use vworkspace_api::validation::validate_application_instance;
 
 use crate::kinds::flux::*;
 
+pub mod endpoints;
 pub mod status;
 
 pub const HELM_RELEASE_INTERVAL: &str = "5m0s";
