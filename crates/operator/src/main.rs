@@ -61,6 +61,10 @@ struct RunArgs {
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Reconcile only ApplicationInstances/Operations matching this label selector, e.g.
+    /// `app.vworkspace.io/managed-by in (control-plane,odoo)`. Empty reconciles all.
+    #[arg(long, env = "RECONCILE_SELECTOR", default_value = "")]
+    reconcile_selector: String,
     /// Metrics listener (`:8443`, `127.0.0.1:9090`); `0` turns metrics off.
     #[arg(long, default_value = "0")]
     metrics_bind_address: String,
@@ -263,7 +267,8 @@ async fn run(args: RunArgs) -> Result<()> {
         leader_elect = args.leader_elect,
         "starting controllers"
     );
-    let ctx = Arc::new(Context::new(client.clone()));
+    let ctx =
+        Arc::new(Context::new(client.clone()).with_selector(Some(args.reconcile_selector.clone())));
     let watch_namespace = args.watch_namespace.clone();
     let controllers = async move {
         application_instance::run(ctx, watch_namespace.as_deref()).await;

@@ -661,3 +661,38 @@ async fn inventory_and_endpoints_follow_the_release() {
     assert_eq!(eps[0].url, "https://wiki.example.org");
     assert_eq!(eps[0].name, "wiki-web");
 }
+
+#[tokio::test]
+async fn reconcile_selector_leaves_other_owners_alone() {
+    let cp = ControlPlane::get().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = fresh_namespace(&client, "ai-selector").await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone()).with_selector(Some(
+        "app.vworkspace.io/managed-by in (control-plane,odoo)".into(),
+    )));
+    let scope = ns.clone();
+    tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
+    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let values = json!({"source": "inline", "inline": {}});
+    let mut ours = instance(&ns, "ours", helm_chart("1.0.0"), values.clone());
+    ours.metadata.labels.get_or_insert_default().insert(
+        "app.vworkspace.io/managed-by".into(),
+        "control-plane".into(),
+    );
+    api.create(&PostParams::default(), &ours).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &instance(&ns, "theirs", helm_chart("1.0.0"), values),
+    )
+    .await
+    .unwrap();
+    eventually("our HelmRelease", WAIT, || async {
+        hrs.get_opt("ours").await.unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hrs.get_opt("theirs").await.unwrap().is_none());
+    let theirs = api.get("theirs").await.unwrap();
+    assert!(theirs.status.is_none() && theirs.finalizers().is_empty());
+}

@@ -10,6 +10,9 @@ use kube::runtime::events::{Recorder, Reporter};
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// Label selector limiting which ApplicationInstances and Operations are reconciled
+    /// (`--reconcile-selector`); `None` reconciles all of them.
+    pub selector: Option<String>,
 }
 
 impl Context {
@@ -21,6 +24,23 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            selector: None,
+        }
+    }
+
+    /// Only reconcile objects matching `selector` (e.g.
+    /// `app.vworkspace.io/managed-by in (control-plane,odoo)`).
+    pub fn with_selector(mut self, selector: Option<String>) -> Self {
+        self.selector = selector.filter(|s| !s.trim().is_empty());
+        self
+    }
+
+    /// Watch configuration for the primary resource of a controller.
+    pub fn primary_watch_config(&self) -> kube::runtime::watcher::Config {
+        let config = kube::runtime::watcher::Config::default();
+        match &self.selector {
+            Some(s) => config.labels(s),
+            None => config,
         }
     }
 }
