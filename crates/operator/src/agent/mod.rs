@@ -1,0 +1,7 @@
+//! Pull-mode agent (spec connectivity §3): polls the control plane for jobs, applies them
+//! within a scope policy, and reports conditions and results back. See docs/agent.md.
+
+pub mod backoff;
+pub mod connectivity;
+pub mod idempotency;
+pub mod scope;
