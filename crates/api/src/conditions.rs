@@ -186,6 +186,30 @@ pub mod cluster_reasons {
     pub const BUFFER_DRAINED: &str = "BufferDrained";
     pub const ALL_CONTROLLERS_READY: &str = "AllControllersReady";
     pub const CONTROLLER_MISSING: &str = "ControllerMissing";
+    pub const CONTROLLER_DEGRADED: &str = "ControllerDegraded";
+    pub const CREDENTIAL_ROTATED: &str = "CredentialRotated";
+    pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
+    pub const CREDENTIAL_REVOKED: &str = "CredentialRevoked";
+    pub const REGISTRATION_TOKEN_INVALID: &str = "RegistrationTokenInvalid";
+    pub const CONTROL_PLANE_AUTHENTICATION_FAILED: &str = "ControlPlaneAuthenticationFailed";
+    /// `Disconnected=False` reason.
+    pub const CONNECTED: &str = "Connected";
+    /// A second `Cluster` object: only the oldest is served.
+    pub const DUPLICATE_CLUSTER: &str = "DuplicateCluster";
+    /// The control plane answered 404 outside job paths: wrong base URL.
+    pub const ENDPOINT_NOT_FOUND: &str = "EndpointNotFound";
+    /// Failures persist but the 5-minute disconnect window has not elapsed.
+    pub const RECONNECTING: &str = "Reconnecting";
+}
+
+/// Cluster `status.phase` values (§5.4).
+pub mod cluster_phases {
+    pub const PENDING: &str = "Pending";
+    pub const REGISTERING: &str = "Registering";
+    pub const CONNECTED: &str = "Connected";
+    pub const DISCONNECTED: &str = "Disconnected";
+    pub const ERROR: &str = "Error";
+    pub const TERMINATING: &str = "Terminating";
 }
 
 #[cfg(test)]

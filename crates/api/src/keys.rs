@@ -46,3 +46,9 @@ pub const FIELD_MANAGER_AGENT: &str = "vworkspace-agent";
 pub fn capability_annotation(verb: &str) -> String {
     format!("{CAPABILITY_PREFIX}{verb}")
 }
+
+/// On the Pull-mode credentials Secret: RFC 3339 instant the token was last written
+/// (registration or rotation). Drives the credential-age metric and scheduled rotation.
+pub const ANNOTATION_CREDENTIALS_WRITTEN_AT: &str = "ops.vworkspace.io/credentials-written-at";
+/// Field manager of the Cluster controller's writes (credentials Secret, Cluster status).
+pub const FIELD_MANAGER_CLUSTER: &str = "vworkspace-operator-cluster";
