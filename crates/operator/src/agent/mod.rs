@@ -3,7 +3,9 @@
 
 pub mod applier;
 pub mod backoff;
+pub mod client;
 pub mod connectivity;
 pub mod credentials;
 pub mod idempotency;
 pub mod scope;
+pub mod wire;
