@@ -1,0 +1,441 @@
+//! Long-poll loop and job pipeline (spec §3.4, §3.5).
+//!
+//! Loop: fetch with `wait` = poll interval; a credential change restarts the fetch with
+//! the new token at once; rejected credentials stop polling until the Secret changes;
+//! failures back off (§2.11). After a failure streak, the first successful fetch first
+//! flushes the event queue, then re-emits the condition snapshot and flushes again, and
+//! only then processes jobs (§3.11 reconnect re-sync).
+//!
+//! Pipeline per job, in server order: ack (404 → drop) → expiry (`noop`/`expired`) →
+//! idempotency (`noop`) → signature → dispatch → result. Objects with readiness
+//! semantics get interim `status` posts and their result from a spawned waiter, so one
+//! slow instance never blocks the loop; results are retried until accepted, `404` or
+//! `409`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::watcher;
+use tokio_util::sync::CancellationToken;
+
+use super::Agent;
+use super::applier::{Applied, ApplyError, Readiness, split_api_version};
+use super::backoff::Backoff;
+use super::client::{ClientError, Delivery};
+use super::readiness::{Verdict, evaluate};
+use super::signing;
+use super::wire::{
+    Condition, Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef,
+    StatusUpdate,
+};
+
+pub struct Poller {
+    agent: Agent,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+fn wire_ref(a: &Applied) -> ObjectRef {
+    let r = &a.reference;
+    ObjectRef {
+        api_version: r.api_version.clone(),
+        kind: r.kind.clone(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        uid: r.uid.clone(),
+        generation: r.generation,
+    }
+}
+
+fn result(outcome: &str, error: impl Into<String>, applied_ref: Option<ObjectRef>) -> JobResult {
+    JobResult {
+        outcome: outcome.into(),
+        error: error.into(),
+        applied_ref,
+        timestamp: Timestamp::now(),
+    }
+}
+
+impl Poller {
+    pub fn new(agent: Agent) -> Self {
+        Poller {
+            agent,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn wait_seconds(&self) -> u64 {
+        self.agent.config().poll_interval.as_secs()
+    }
+
+    /// Runs until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let agent = self.agent.clone();
+        let store = agent.store().clone();
+        let mut creds_rx = store.subscribe();
+        let mut backoff = Backoff::new(agent.config().backoff);
+        let mut failing = false;
+        if let Some(c) = store.current() {
+            tracing::info!(cluster_id = %c.cluster_id, "poller started");
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            creds_rx.borrow_and_update();
+            if store.current().is_none() || store.is_rejected() {
+                // Nothing to do until the credentials (Secret content) change.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = creds_rx.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+            let started = tokio::time::Instant::now();
+            let fetched = tokio::select! {
+                _ = cancel.cancelled() => return,
+                // New token/URL: restart the poll with it.
+                _ = creds_rx.changed() => continue,
+                r = agent.client().poll(self.wait_seconds()) => r,
+            };
+            match fetched {
+                Ok(jobs) => {
+                    backoff.reset();
+                    agent
+                        .inner
+                        .connected_once
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    if failing {
+                        failing = false;
+                        self.resync().await;
+                    }
+                    let now = Timestamp::now();
+                    let lag = jobs
+                        .iter()
+                        .filter_map(|j| j.created_at)
+                        .min()
+                        .map(|t| now.duration_since(t).as_secs_f64().max(0.0))
+                        .unwrap_or(0.0);
+                    agent.metrics().pull_job_lag_seconds.set(lag);
+                    for job in jobs {
+                        if cancel.is_cancelled() {
+                            return;
+                        }
+                        self.process(job, &cancel).await;
+                    }
+                    if self.wait_seconds() == 0 {
+                        let min_gap = Duration::from_secs(1).saturating_sub(started.elapsed());
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(min_gap) => {}
+                        }
+                    }
+                }
+                Err(e) if e.is_auth() || matches!(e, ClientError::NoCredentials) => {
+                    // Loop top waits for new credentials.
+                }
+                Err(e) => {
+                    failing = true;
+                    let delay = backoff.next_delay_after(e.retry_after());
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job fetch failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = creds_rx.changed() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconnect re-sync: flush, snapshot, flush.
+    async fn resync(&self) {
+        let a = &self.agent;
+        let _ = a.batcher().flush(a.client()).await;
+        let n = a.reporter().snapshot();
+        let _ = a.batcher().flush(a.client()).await;
+        tracing::info!(
+            snapshot_events = n,
+            "reconnected: queued events flushed and condition snapshot re-sent"
+        );
+    }
+
+    fn mark(&self, id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .map(|mut s| s.insert(id.to_string()))
+            .unwrap_or(true)
+    }
+
+    /// One job through the pipeline.
+    pub async fn process(&self, job: Job, cancel: &CancellationToken) {
+        let a = &self.agent;
+        if !self.mark(&job.id) {
+            tracing::debug!(job_id = %job.id, "job redelivered while still in progress; skipped");
+            return;
+        }
+        let done = InFlight(self.in_flight.clone(), job.id.clone());
+        match a.client().ack(&job.id).await {
+            Ok(_) => {}
+            Err(ClientError::JobGone) => {
+                tracing::info!(job_id = %job.id, "job unknown or closed on the control plane; dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "ack failed; job skipped this round");
+                return;
+            }
+        }
+        if job.expires_at.is_some_and(|t| t <= Timestamp::now()) {
+            tracing::info!(job_id = %job.id, kind = %job.kind, "job expired; not applied");
+            post_result(a, &job, result(OUTCOME_NOOP, "expired", None), cancel).await;
+            return;
+        }
+        match a.inner.idempotency.contains(&job.idempotency_key).await {
+            Ok(true) => {
+                tracing::info!(job_id = %job.id, idempotency_key = %job.idempotency_key, "idempotent replay; noop");
+                post_result(a, &job, result(OUTCOME_NOOP, "", None), cancel).await;
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                post_result(a, &job, result(OUTCOME_FAILED, e.to_string(), None), cancel).await;
+                return;
+            }
+        }
+        if job
+            .encrypted_payload
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            post_result(
+                a,
+                &job,
+                result(
+                    OUTCOME_FAILED,
+                    "JobPayloadDecryptionFailed: encrypted payloads are not supported by this agent",
+                    None,
+                ),
+                cancel,
+            )
+            .await;
+            return;
+        }
+        if let Err(why) = signing::check(
+            a.config().signing_mode,
+            a.inner.verifying_key.as_ref(),
+            &job.payload,
+            job.signature.as_deref(),
+        ) {
+            tracing::warn!(job_id = %job.id, kind = %job.kind, reason = %why, "job refused: signature");
+            post_result(a, &job, result(OUTCOME_FAILED, why, None), cancel).await;
+            return;
+        }
+        let cluster_id = a
+            .store()
+            .current()
+            .map(|c| c.cluster_id)
+            .unwrap_or_default();
+        let applied = match job.kind.as_str() {
+            "apply" => a.inner.applier.apply(&job.payload, &cluster_id).await,
+            "delete" => a.inner.applier.delete(&job.payload).await,
+            "intent" => {
+                a.inner
+                    .applier
+                    .intent(&job.payload, &cluster_id, a.active_cluster().as_deref())
+                    .await
+            }
+            other => Err(ApplyError::Malformed(format!(
+                "unknown job kind {other:?} (expected apply, delete or intent)"
+            ))),
+        };
+        let applied = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, kind = %job.kind, idempotency_key = %job.idempotency_key, error = %e, "job failed");
+                post_result(a, &job, result(e.outcome(), e.to_string(), None), cancel).await;
+                return;
+            }
+        };
+        if applied.readiness == Readiness::None {
+            finish(a, &job, &applied, Verdict::Succeeded(String::new()), cancel).await;
+            return;
+        }
+        // Wait for readiness off the loop; the in-flight mark moves with it.
+        let (a2, cancel2) = (a.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let verdict = wait_ready(&a2, &job, &applied, &cancel2).await;
+            if let Some(v) = verdict {
+                finish(&a2, &job, &applied, v, &cancel2).await;
+            }
+            drop(done);
+        });
+    }
+}
+
+/// Removes a job id from the in-flight set when dropped.
+struct InFlight(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(&self.1);
+        }
+    }
+}
+
+async fn finish(
+    a: &Agent,
+    job: &Job,
+    applied: &Applied,
+    verdict: Verdict,
+    cancel: &CancellationToken,
+) {
+    let r = wire_ref(applied);
+    let res = match verdict {
+        Verdict::Succeeded(_) => match a.inner.idempotency.record(&job.idempotency_key).await {
+            Ok(()) => result(OUTCOME_SUCCEEDED, "", Some(r)),
+            Err(e) => result(
+                OUTCOME_FAILED,
+                format!("applied, but recording the idempotency key failed: {e}"),
+                Some(r),
+            ),
+        },
+        Verdict::Failed(why) => result(OUTCOME_FAILED, why, Some(r)),
+        Verdict::Pending { message, .. } => result(
+            OUTCOME_FAILED,
+            format!(
+                "not ready within {}s: {message}",
+                a.config().ready_timeout.as_secs()
+            ),
+            Some(r),
+        ),
+    };
+    post_result(a, job, res, cancel).await;
+}
+
+/// Watches the applied object until it succeeds, fails or the timeout passes, posting an
+/// interim `status` whenever its state changes. `None` when cancelled.
+async fn wait_ready(
+    a: &Agent,
+    job: &Job,
+    applied: &Applied,
+    cancel: &CancellationToken,
+) -> Option<Verdict> {
+    let r = &applied.reference;
+    let (group, version) = split_api_version(&r.api_version);
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &r.kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(a.kube().clone(), &r.namespace, &ar);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
+    let mut stream = watcher(api, cfg).boxed();
+    let deadline = tokio::time::sleep(a.config().ready_timeout);
+    tokio::pin!(deadline);
+    let mut last: Option<Verdict> = None;
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = &mut deadline => return Some(last.unwrap_or(Verdict::Pending { phase: String::new(), message: "no status yet".into() })),
+            ev = stream.next() => ev,
+        };
+        let obj = match ev {
+            Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => o,
+            Some(Ok(watcher::Event::Delete(_))) => {
+                return Some(Verdict::Failed(format!(
+                    "{} {} was deleted before it became ready",
+                    r.kind, r.name
+                )));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "readiness watch error (retrying)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            None => return Some(Verdict::Failed("readiness watch ended".into())),
+        };
+        let value = serde_json::to_value(&obj).unwrap_or_default();
+        let verdict = evaluate(applied.readiness, &value, r.generation);
+        if let Verdict::Pending { phase, message } = &verdict
+            && last.as_ref() != Some(&verdict)
+        {
+            let update = StatusUpdate {
+                phase: phase.clone(),
+                conditions: super::readiness::conditions(&value)
+                    .into_iter()
+                    .map(|c: Condition| c)
+                    .collect(),
+                message: message.clone(),
+                timestamp: Timestamp::now(),
+            };
+            match a.client().status(&job.id, &update).await {
+                Err(ClientError::JobGone) => {
+                    tracing::info!(job_id = %job.id, "job closed on the control plane while waiting for readiness");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(job_id = %job.id, error = %e, "interim status not delivered")
+                }
+                Ok(()) => {}
+            }
+        }
+        if !matches!(verdict, Verdict::Pending { .. }) {
+            return Some(verdict);
+        }
+        last = Some(verdict);
+    }
+}
+
+/// Posts a result until it is accepted, already recorded (`409`) or the job is gone
+/// (`404`). A `400` falls back once to `failed` with a short error.
+pub async fn post_result(a: &Agent, job: &Job, mut res: JobResult, cancel: &CancellationToken) {
+    let mut backoff = Backoff::new(a.config().backoff);
+    let mut fell_back = false;
+    loop {
+        match a.client().result(&job.id, &res).await {
+            Ok(d) => {
+                if d == Delivery::Accepted {
+                    a.metrics().record_result(&res.outcome);
+                    if let Some(created) = job.created_at {
+                        let secs = Timestamp::now().duration_since(created).as_secs_f64();
+                        a.metrics().job_latency_seconds.observe(secs.max(0.0));
+                    }
+                }
+                if res.outcome == OUTCOME_SUCCEEDED {
+                    a.metrics().applied_jobs_total.inc();
+                    a.metrics().pull_job_lag_seconds.set(0.0);
+                }
+                tracing::info!(job_id = %job.id, kind = %job.kind, outcome = %res.outcome, "job result delivered");
+                return;
+            }
+            Err(ClientError::JobGone) => {
+                tracing::info!(job_id = %job.id, "job gone before its result was posted");
+                return;
+            }
+            Err(ClientError::BadRequest(m)) if !fell_back => {
+                fell_back = true;
+                tracing::warn!(job_id = %job.id, error = %m, "result rejected; sending a short failed result");
+                res = result(
+                    OUTCOME_FAILED,
+                    "result rejected by the control plane (400)",
+                    None,
+                );
+            }
+            Err(e) if e.is_auth() || matches!(e, ClientError::BadRequest(_)) => {
+                tracing::error!(job_id = %job.id, error = %e, "result could not be delivered");
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay_after(e.retry_after());
+                tracing::warn!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "result post failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
