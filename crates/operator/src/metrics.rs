@@ -72,12 +72,9 @@ impl Metrics {
         let event_buffer_occupancy = Gauge::default();
         let dropped_events_total = Counter::default();
         // 0.1 s .. ~27 min: results arrive after readiness, which can take minutes.
-        let job_latency_seconds = Histogram::new(
-            [
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
-            ]
-            .into_iter(),
-        );
+        let job_latency_seconds = Histogram::new([
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+        ]);
         let credential_age_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "vworkspace_operator_pull_job_lag_seconds",

@@ -61,6 +61,7 @@ fn err(code: u16, e: &str) -> Response {
         .into_response()
 }
 
+#[allow(clippy::result_large_err)]
 fn auth(s: &Cp, h: &HeaderMap) -> Result<String, Response> {
     if let Some(code) = s.fail {
         return Err(err(code, "injected"));

@@ -375,12 +375,7 @@ async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error
                 .as_ref()
                 .and_then(|s| s.registration_token_consumed)
                 .unwrap_or(false);
-            if (fp != observed || forced)
-                && !forced
-                && observed.is_empty()
-                && consumed
-                && stored.is_some()
-            {
+            if !forced && observed.is_empty() && consumed && stored.is_some() {
                 // Adoption: credentials exist from an earlier exchange whose fingerprint
                 // was not recorded. Never exchange a consumed token again.
                 d.status.observed_token = Some(fp.clone());
