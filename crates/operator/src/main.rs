@@ -7,8 +7,12 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use vworkspace_operator::controller::{Context, application_instance};
+use vworkspace_operator::agent::scope::KindRule;
+use vworkspace_operator::agent::signing::SigningMode;
+use vworkspace_operator::agent::{Agent, AgentConfig, run_agent};
+use vworkspace_operator::controller::{Context, application_instance, cluster};
 use vworkspace_operator::leader::{self, LeaderConfig};
+use vworkspace_operator::metrics::Metrics;
 use vworkspace_operator::probes::{self, Readiness};
 
 #[derive(Parser)]
@@ -131,12 +135,44 @@ struct RunArgs {
     zap_stacktrace_level: Option<String>,
     #[arg(long, hide = true)]
     zap_time_encoding: Option<String>,
+    /// Extra kinds Pull jobs may write or delete, comma-separated `group/Kind` (core:
+    /// `/Kind`), added to our two CRDs. Cluster-scoped and RBAC kinds need an exact rule.
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind_rule)]
+    agent_allowed_kinds: Vec<KindRule>,
+    /// When set, Pull jobs may only write to these namespaces (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    agent_allowed_namespaces: Vec<String>,
+    /// Namespaces Pull jobs may never write, added to kube-system, kube-public,
+    /// kube-node-lease and the operator namespace.
+    #[arg(long, value_delimiter = ',')]
+    agent_denied_namespaces: Vec<String>,
+    /// Job payload signatures: `off`, `warn` (verify when signed, admit unsigned) or
+    /// `required`.
+    #[arg(long, default_value = "off", value_parser = parse_signing_mode)]
+    agent_signing: SigningMode,
+    /// The control plane's Ed25519 public key for this cluster (base64 or hex).
+    #[arg(long, env = "VWORKSPACE_SIGNING_PUBLIC_KEY")]
+    agent_signing_public_key: Option<String>,
+    /// How long a job waits for its object to report Ready before answering `failed`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    agent_ready_timeout: Duration,
+    /// Scheduled credential rotation period (`0` disables).
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    agent_rotation_period: Duration,
     #[command(flatten)]
     legacy: LegacyAgentArgs,
 }
 
-/// Flags of older charts and scripts. Accepted so their pods do not crash-loop; the
-/// value flags override single fields of the credentials Secret.
+fn parse_kind_rule(s: &str) -> Result<KindRule, String> {
+    s.parse()
+}
+
+fn parse_signing_mode(s: &str) -> Result<SigningMode, String> {
+    s.parse()
+}
+
+/// Flags of older charts and scripts. Accepted so their pods do not crash-loop, and
+/// ignored with a warning: connectivity comes from the Cluster and its Secret.
 #[derive(Args, Clone, Debug)]
 struct LegacyAgentArgs {
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -225,6 +261,17 @@ async fn run(args: RunArgs) -> Result<()> {
              CRD schemas and CEL rules enforce the static checks"
         );
     }
+    let legacy = &args.legacy;
+    if legacy.control_plane_base_url.is_some()
+        || legacy.odoo_base_url.is_some()
+        || legacy.cluster_id.is_some()
+        || legacy.agent_token.is_some()
+    {
+        tracing::warn!(
+            "--control-plane-base-url/--odoo-base-url/--cluster-id/--agent-token are deprecated and \
+             ignored: connectivity comes from the Cluster object and its credentials Secret"
+        );
+    }
     if args.legacy.agent_enabled.is_some() {
         tracing::warn!("--agent-enabled is obsolete and ignored: the agent always runs");
     }
@@ -258,7 +305,36 @@ async fn run(args: RunArgs) -> Result<()> {
     let leader_config = args
         .leader_elect
         .then(|| LeaderConfig::new(&args.agent_credentials_namespace, identity.clone()));
-    let _leadership = leader::spawn(client.clone(), leader_config, shutdown.clone());
+    let leadership = leader::spawn(client.clone(), leader_config, shutdown.clone());
+
+    let metrics = Arc::new(Metrics::new());
+    if args.metrics_bind_address != "0" && !args.metrics_bind_address.is_empty() {
+        let m = metrics.clone();
+        let addr = probes::serve(
+            &args.metrics_bind_address,
+            probes::metrics_router(Arc::new(move || m.encode())),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("binding {}", args.metrics_bind_address))?;
+        tracing::info!(address = %addr, "serving metrics");
+    }
+
+    let agent = Agent::new(client.clone(), agent_config(&args), metrics.clone())
+        .map_err(anyhow::Error::msg)
+        .context("--agent-signing-public-key")?;
+    {
+        let (agent, readiness, shutdown) = (agent.clone(), readiness.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                readiness.set_agent(agent.probe_state());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
 
     tracing::info!(
         operator_version = env!("CARGO_PKG_VERSION"),
@@ -270,6 +346,17 @@ async fn run(args: RunArgs) -> Result<()> {
     let ctx =
         Arc::new(Context::new(client.clone()).with_selector(Some(args.reconcile_selector.clone())));
     let watch_namespace = args.watch_namespace.clone();
+    let agent_task = tokio::spawn(run_agent(
+        agent.clone(),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
+    let cluster_task = tokio::spawn(cluster::run(
+        client.clone(),
+        agent.clone(),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
     let controllers = async move {
         application_instance::run(ctx, watch_namespace.as_deref()).await;
     };
@@ -279,8 +366,12 @@ async fn run(args: RunArgs) -> Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     shutdown.cancel();
-    // Let the elector release its lease and servers drain.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent flushes queued events once more; the elector releases its lease.
+    let drain = async {
+        let _ = agent_task.await;
+        let _ = cluster_task.await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     Ok(())
 }
 
@@ -390,6 +481,27 @@ async fn status_summary(clusters: &kube::Api<vworkspace_api::Cluster>, name: &st
                 .map(|c| format!(" (Authenticated={}/{}: {})", c.status, c.reason, c.message))
         })
         .unwrap_or_default()
+}
+
+fn agent_config(args: &RunArgs) -> AgentConfig {
+    let mut cfg = AgentConfig::new(&args.agent_credentials_namespace);
+    cfg.credentials_secret = args.agent_credentials_secret.clone();
+    cfg.poll_interval = args.agent_poll_interval;
+    cfg.watch_namespace = args.watch_namespace.clone();
+    cfg.scope
+        .allowed_kinds
+        .extend(args.agent_allowed_kinds.iter().cloned());
+    if !args.agent_allowed_namespaces.is_empty() {
+        cfg.scope.allowed_namespaces = Some(args.agent_allowed_namespaces.clone());
+    }
+    cfg.scope
+        .denied_namespaces
+        .extend(args.agent_denied_namespaces.iter().cloned());
+    cfg.signing_mode = args.agent_signing;
+    cfg.signing_public_key = args.agent_signing_public_key.clone();
+    cfg.ready_timeout = args.agent_ready_timeout;
+    cfg.rotation_period = args.agent_rotation_period;
+    cfg
 }
 
 fn hostname() -> String {
