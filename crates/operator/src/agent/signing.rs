@@ -3,15 +3,17 @@
 //!
 //! Modes ([`SigningMode`]):
 //! - `off` — the `signature` field is ignored (Compat default);
-//! - `warn` — verified when a key is configured; a missing or bad signature is logged
-//!   and the job proceeds;
+//! - `warn` — verified when a key is configured; an unsigned payload is logged and
+//!   proceeds, a payload whose signature does not verify is refused (that is tampering,
+//!   not a missing feature);
 //! - `required` — an unsigned or tampered payload is answered `failed` with
 //!   `JobPayloadSignatureInvalid: <why>` and nothing is applied.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
+pub use vworkspace_protocol::signing::{
+    SIGNATURE_INVALID, canonical_json, parse_public_key, sign, verify,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SigningMode {
@@ -35,100 +37,6 @@ impl std::str::FromStr for SigningMode {
     }
 }
 
-/// Audit name of a signature failure (prefix of the result `error`).
-pub const SIGNATURE_INVALID: &str = "JobPayloadSignatureInvalid";
-
-/// Parses a public key: 32 raw bytes in standard base64 or hex.
-pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
-    let s = s.trim();
-    let bytes = STANDARD
-        .decode(s)
-        .ok()
-        .filter(|b| b.len() == 32)
-        .or_else(|| hex::decode(s).ok())
-        .ok_or_else(|| "public key must be 32 bytes in base64 or hex".to_string())?;
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| "public key must be 32 bytes".to_string())?;
-    VerifyingKey::from_bytes(&arr).map_err(|e| format!("invalid Ed25519 public key: {e}"))
-}
-
-/// RFC 8785 canonical JSON: object members sorted by UTF-16 code units, no whitespace,
-/// strings escaped minimally, numbers in their shortest round-trip form (integral
-/// values without fraction or exponent).
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Null | Value::Bool(_) | Value::String(_) => {
-            out.push_str(&serde_json::to_string(v).unwrap_or_default())
-        }
-        Value::Number(n) => {
-            if n.is_i64() || n.is_u64() {
-                out.push_str(&n.to_string());
-            } else if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f.abs() < 1e21 {
-                    out.push_str(&format!("{f:.0}"));
-                } else {
-                    out.push_str(&n.to_string());
-                }
-            }
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-/// Signs a payload (tests and tools).
-pub fn sign(key: &SigningKey, payload: &Value) -> String {
-    STANDARD.encode(key.sign(canonical_json(payload).as_bytes()).to_bytes())
-}
-
-/// Verifies a detached signature.
-pub fn verify(key: &VerifyingKey, payload: &Value, signature: Option<&str>) -> Result<(), String> {
-    let sig = signature
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| "payload is not signed".to_string())?;
-    let bytes = STANDARD
-        .decode(sig)
-        .map_err(|_| "signature is not valid base64".to_string())?;
-    let arr: [u8; 64] = bytes
-        .try_into()
-        .map_err(|_| "signature must be 64 bytes".to_string())?;
-    key.verify(
-        canonical_json(payload).as_bytes(),
-        &Signature::from_bytes(&arr),
-    )
-    .map_err(|_| "signature does not match the payload".to_string())
-}
-
 /// Applies the mode: `Err` means refuse the job (with the result error text).
 pub fn check(
     mode: SigningMode,
@@ -144,19 +52,18 @@ pub fn check(
         }
         return Ok(());
     };
-    match verify(key, payload, signature) {
-        Ok(()) => Ok(()),
-        Err(why) if mode == SigningMode::Required => Err(format!("{SIGNATURE_INVALID}: {why}")),
-        Err(why) => {
-            tracing::warn!(reason = %why, "job payload signature not valid; admitted (signing mode warn)");
-            Ok(())
-        }
+    let unsigned = signature.map(str::trim).is_none_or(str::is_empty);
+    if unsigned && mode == SigningMode::Warn {
+        tracing::warn!("job payload is not signed; admitted (signing mode warn)");
+        return Ok(());
     }
+    verify(key, payload, signature).map_err(|why| format!("{SIGNATURE_INVALID}: {why}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
     use serde_json::json;
 
     #[test]
@@ -181,12 +88,9 @@ mod tests {
         assert!(e.starts_with("JobPayloadSignatureInvalid: "), "{e}");
         assert!(check(SigningMode::Required, Some(&pk), &payload, None).is_err());
         assert!(check(SigningMode::Required, None, &payload, Some(&sig)).is_err());
-        assert!(check(SigningMode::Warn, Some(&pk), &tampered, Some(&sig)).is_ok());
+        assert!(check(SigningMode::Warn, Some(&pk), &tampered, Some(&sig)).is_err());
+        assert!(check(SigningMode::Warn, Some(&pk), &payload, None).is_ok());
         assert!(check(SigningMode::Off, Some(&pk), &tampered, None).is_ok());
-        let b64 = STANDARD.encode(pk.to_bytes());
-        assert_eq!(parse_public_key(&b64).unwrap(), pk);
-        assert_eq!(parse_public_key(&hex::encode(pk.to_bytes())).unwrap(), pk);
-        assert!(parse_public_key("nope").is_err());
         assert_eq!(
             "REQUIRED".parse::<SigningMode>().unwrap(),
             SigningMode::Required
