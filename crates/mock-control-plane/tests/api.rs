@@ -1,0 +1,429 @@
+//! The mock's agent and admin API over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use mock_control_plane::{Fault, MockConfig, MockServer};
+use serde_json::{Value, json};
+use vworkspace_protocol::{Job, MEDIA_TYPE};
+
+const CLUSTER: &str = "c-1";
+const REG: &str = "vwksp-reg-0123";
+
+fn config() -> MockConfig {
+    MockConfig {
+        registration_token: REG.into(),
+        cluster_id: CLUSTER.into(),
+        admin_token: Some("admin".into()),
+        ..MockConfig::default()
+    }
+}
+
+struct Agent {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Agent {
+    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(m, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("accept", MEDIA_TYPE)
+    }
+    async fn poll(&self, wait: &str) -> (u16, Value) {
+        let r = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/api/agent/jobs?cluster={CLUSTER}&wait={wait}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, body: Value) -> u16 {
+        self.req(reqwest::Method::POST, path)
+            .header("content-type", MEDIA_TYPE)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+async fn register(url: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}/api/agent/register"))
+        .bearer_auth(token)
+        .header("accept", MEDIA_TYPE)
+        .header("content-type", MEDIA_TYPE)
+        .body(json!({"registrationToken": token}).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn registered(server: &MockServer) -> Agent {
+    let r = register(&server.url(), REG).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["clusterId"], CLUSTER);
+    Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: body["token"].as_str().unwrap().to_string(),
+    }
+}
+
+fn job(id: &str) -> Job {
+    serde_json::from_value(json!({"id": id, "kind": "apply", "payload": {"kind": "X"}})).unwrap()
+}
+
+#[tokio::test]
+async fn registration_tokens_are_single_use_and_expire() {
+    let server = MockServer::start(config()).await.unwrap();
+    let _agent = registered(&server).await;
+    assert_eq!(
+        register(&server.url(), REG).await.status(),
+        401,
+        "second use"
+    );
+    assert_eq!(
+        register(&server.url(), "vwksp-reg-unknown").await.status(),
+        401
+    );
+    let admin = server.admin();
+    admin
+        .add_registration_token("vwksp-reg-short", "c-2", Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        register(&server.url(), "vwksp-reg-short").await.status(),
+        401,
+        "expired"
+    );
+    // Wrong media type.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/agent/register", server.url()))
+        .bearer_auth("x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn agent_endpoints_answer_as_specified() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    let bad = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: "nope".into(),
+    };
+    assert_eq!(bad.poll("0").await.0, 401);
+    assert_eq!(
+        bad.post("/api/agent/events", json!({"events": []})).await,
+        401
+    );
+    // A valid token of another cluster gets 403 on the poll.
+    let (code, _) = agent
+        .req(reqwest::Method::GET, "/api/agent/jobs?cluster=other&wait=0")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(code, 403);
+    assert_eq!(agent.poll("0").await, (200, json!({"jobs": []})));
+    assert_eq!(
+        agent.post("/api/agent/jobs/ghost/ack", json!(null)).await,
+        404
+    );
+    assert_eq!(
+        agent
+            .post(
+                "/api/agent/jobs/ghost/result",
+                json!({"outcome": "noop", "timestamp": "2026-01-01T00:00:00Z"})
+            )
+            .await,
+        404
+    );
+
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    let (code, body) = agent.poll("0").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["jobs"][0]["id"], "j1");
+    assert_eq!(agent.post("/api/agent/jobs/j1/ack", json!(null)).await, 204);
+    assert!(admin.was_acked("j1").await.unwrap());
+    let status = json!({"phase": "Reconciling", "timestamp": "2026-01-01T00:00:00Z"});
+    assert_eq!(agent.post("/api/agent/jobs/j1/status", status).await, 204);
+    assert_eq!(
+        admin.status_updates("j1").await.unwrap()[0].phase,
+        "Reconciling"
+    );
+    let result = json!({"outcome": "succeeded", "timestamp": "2026-01-01T00:00:00Z"});
+    assert_eq!(
+        agent
+            .post(
+                "/api/agent/jobs/j1/result",
+                json!({"outcome": "weird", "timestamp": "2026-01-01T00:00:00Z"})
+            )
+            .await,
+        400
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/jobs/j1/result", result.clone())
+            .await,
+        204
+    );
+    assert_eq!(agent.post("/api/agent/jobs/j1/result", result).await, 409);
+    assert_eq!(agent.post("/api/agent/jobs/j1/ack", json!(null)).await, 409);
+    let info = admin.job("j1").await.unwrap().unwrap();
+    assert_eq!((info.deliveries, info.result_posts), (1, 2));
+    assert_eq!(
+        admin.result("j1").await.unwrap().unwrap().outcome,
+        "succeeded"
+    );
+    assert!(admin.result("ghost").await.unwrap().is_none());
+
+    // Events are de-duplicated by key; keyless events are always stored.
+    let ev = |key: &str| {
+        json!({"eventKey": key, "kind": "ConditionTransition",
+        "resourceRef": {"apiVersion": "v1", "kind": "ApplicationInstance", "namespace": "n", "name": "a"},
+        "timestamp": "2026-01-01T00:00:00Z"})
+    };
+    let batch = json!({"events": [ev("k1"), ev("k1"), ev(""), ev("")]});
+    assert_eq!(agent.post("/api/agent/events", batch).await, 204);
+    let got = admin
+        .events(CLUSTER, Some("ConditionTransition"), Some("n"), Some("a"))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(
+        admin
+            .events(CLUSTER, None, Some("other"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Admin API needs its token.
+    let r = reqwest::get(format!("{}/api/admin/jobs", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn unacked_jobs_are_redelivered_after_the_lease() {
+    let mut cfg = config();
+    cfg.lease = Duration::from_secs(1);
+    let server = MockServer::start(cfg).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    admin.enqueue(CLUSTER, &job("j2")).await.unwrap();
+    let (_, first) = agent.poll("0").await;
+    assert_eq!(first["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(agent.post("/api/agent/jobs/j1/ack", json!(null)).await, 204);
+    // Within the lease nothing is handed out; after it, only the unacked job.
+    assert_eq!(agent.poll("0").await.1, json!({"jobs": []}));
+    let (_, again) = agent.poll("5").await;
+    let ids: Vec<_> = again["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("j2")]);
+    assert_eq!(admin.job("j2").await.unwrap().unwrap().deliveries, 2);
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_enqueue() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    let poll = tokio::spawn(async move { agent.poll("60").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the poll must hold while there is no job"
+    );
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    let (code, body) = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body["jobs"][0]["id"], "j1");
+}
+
+#[tokio::test]
+async fn restart_with_the_same_database_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("mock-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("state.db");
+    let _ = std::fs::remove_file(&db);
+    let mut cfg = config();
+    cfg.db_path = Some(db.clone());
+    let server = MockServer::start(cfg.clone()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    admin.enqueue(CLUSTER, &job("j2")).await.unwrap();
+    agent.poll("0").await;
+    agent.post("/api/agent/jobs/j1/ack", json!(null)).await;
+    agent
+        .post(
+            "/api/agent/jobs/j1/result",
+            json!({"outcome": "succeeded", "timestamp": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    drop(server);
+
+    let server = MockServer::start(cfg).await.unwrap();
+    let agent = Agent {
+        url: server.url(),
+        ..agent
+    };
+    let admin = server.admin();
+    assert_eq!(
+        register(&server.url(), REG).await.status(),
+        401,
+        "a used token stays used"
+    );
+    assert_eq!(agent.poll("0").await.0, 200, "the bootstrap token survives");
+    assert_eq!(
+        admin.result("j1").await.unwrap().unwrap().outcome,
+        "succeeded"
+    );
+    assert_eq!(admin.job("j2").await.unwrap().unwrap().deliveries, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_old_token_for_the_grace_period() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let r = agent
+        .req(reqwest::Method::POST, "/api/agent/credentials/rotate")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new: Value = r.json().await.unwrap();
+    let new_agent = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: new["token"].as_str().unwrap().into(),
+    };
+    assert_eq!(agent.poll("0").await.0, 200, "old token within grace");
+    assert_eq!(new_agent.poll("0").await.0, 200);
+
+    let mut cfg = config();
+    cfg.rotation_grace = Duration::ZERO;
+    let strict = MockServer::start(cfg).await.unwrap();
+    let agent = registered(&strict).await;
+    let rotated = strict.admin().rotate(CLUSTER).await.unwrap();
+    assert_eq!(agent.poll("0").await.0, 401, "revoked at once");
+    let new_agent = Agent {
+        http: reqwest::Client::new(),
+        url: strict.url(),
+        token: rotated,
+    };
+    assert_eq!(new_agent.poll("0").await.0, 200);
+    strict.admin().revoke(CLUSTER).await.unwrap();
+    assert_eq!(new_agent.poll("0").await.0, 401);
+}
+
+#[tokio::test]
+async fn faults_are_injected_per_endpoint() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    admin
+        .inject_fault(Fault {
+            endpoint: "jobs".into(),
+            status: Some(429),
+            retry_after: Some("7".into()),
+            count: 1,
+            ..Fault::default()
+        })
+        .await
+        .unwrap();
+    let r = agent
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/agent/jobs?cluster={CLUSTER}&wait=0"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(agent.poll("0").await.0, 200, "count used up");
+    // Other endpoints are untouched by an endpoint-specific fault.
+    admin
+        .inject_fault(Fault::status("events", 503, 2))
+        .await
+        .unwrap();
+    assert_eq!(agent.poll("0").await.0, 200);
+    assert_eq!(
+        agent.post("/api/agent/events", json!({"events": []})).await,
+        503
+    );
+    assert_eq!(
+        agent.post("/api/agent/events", json!({"events": []})).await,
+        503
+    );
+    assert_eq!(
+        agent.post("/api/agent/events", json!({"events": []})).await,
+        204
+    );
+    // Delay.
+    admin
+        .inject_fault(Fault {
+            endpoint: "*".into(),
+            delay_ms: Some(500),
+            count: 1,
+            ..Fault::default()
+        })
+        .await
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(agent.poll("0").await.0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(500));
+    // Dropped connection: the client sees a transport error, not a status.
+    admin
+        .inject_fault(Fault {
+            endpoint: "jobs".into(),
+            drop_connection: true,
+            count: 1,
+            ..Fault::default()
+        })
+        .await
+        .unwrap();
+    let r = agent
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/agent/jobs?cluster={CLUSTER}&wait=0"),
+        )
+        .send()
+        .await;
+    let failed = match r {
+        Err(_) => true,
+        Ok(resp) => resp.bytes().await.is_err(),
+    };
+    assert!(failed, "the dropped connection must surface as an error");
+}
