@@ -1,6 +1,7 @@
 //! Developer commands for vworkspace-operator: `cargo xtask <command>`.
 
 mod crdgen;
+mod demo;
 mod dev_cluster;
 mod test;
 
@@ -16,6 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on an embedded default: a local control plane, the mock control plane
+    /// and the operator, delivering an application through Pull mode.
+    Demo {
+        /// Keep everything running after the happy end until Ctrl-C, to look around.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Run the whole test suite against a real control plane (builds what it needs).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -39,6 +47,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Demo { hold } => demo::run(hold),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Crdgen { check } => crdgen::run(check),
         Command::ControlPlane => {

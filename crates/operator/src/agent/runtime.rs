@@ -70,6 +70,8 @@ pub async fn run(agent: Agent, cancel: CancellationToken) {
     let mut poller: Option<Running> = None;
     let mut last_report = String::new();
     let clusters: Api<Cluster> = Api::all(agent.kube().clone());
+    // Registration publishes fresh credentials: start polling at once, not on the next tick.
+    let mut credentials = agent.store().subscribe();
     loop {
         let want = evaluate(&agent, &clusters).await;
         let report = match &want {
@@ -104,6 +106,7 @@ pub async fn run(agent: Agent, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(agent.config().runtime_tick) => {}
+            _ = credentials.changed() => {}
         }
     }
     if let Some(p) = poller.take() {
