@@ -19,6 +19,7 @@ pub mod connectivity;
 pub mod credentials;
 pub mod events;
 pub mod idempotency;
+pub mod journal;
 pub mod poller;
 pub mod readiness;
 pub mod reporter;
@@ -124,6 +125,7 @@ pub(crate) struct Inner {
     pub reporter: Arc<Reporter>,
     pub applier: Arc<Applier>,
     pub idempotency: Arc<IdempotencyStore>,
+    pub journal: Arc<journal::Journal>,
     pub verifying_key: Option<ed25519_dalek::VerifyingKey>,
     /// Name of the Cluster object the runtime serves.
     pub active_cluster: Mutex<Option<String>>,
@@ -167,6 +169,10 @@ impl Agent {
             &config.operator_namespace,
             config.idempotency,
         ));
+        let journal = Arc::new(journal::Journal::new(
+            kube.clone(),
+            &config.operator_namespace,
+        ));
         Ok(Agent {
             inner: Arc::new(Inner {
                 kube,
@@ -178,6 +184,7 @@ impl Agent {
                 reporter,
                 applier,
                 idempotency,
+                journal,
                 verifying_key,
                 active_cluster: Mutex::new(None),
                 connected_once: std::sync::atomic::AtomicBool::new(false),

@@ -82,6 +82,7 @@ impl Poller {
         if let Some(c) = store.current() {
             tracing::info!(cluster_id = %c.cluster_id, "poller started");
         }
+        let mut resumed = false;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -112,6 +113,10 @@ impl Poller {
                     if failing {
                         failing = false;
                         self.resync().await;
+                    }
+                    if !resumed {
+                        resumed = true;
+                        self.resume(&cancel).await;
                     }
                     let now = Timestamp::now();
                     let lag = jobs
@@ -171,7 +176,23 @@ impl Poller {
             .unwrap_or(true)
     }
 
-    /// One job through the pipeline.
+    /// Finishes the jobs an earlier run took on but never answered (see `journal`).
+    async fn resume(&self, cancel: &CancellationToken) {
+        let jobs = match self.agent.inner.journal.list().await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the in-flight journal");
+                return;
+            }
+        };
+        for job in jobs {
+            tracing::info!(job_id = %job.id, kind = %job.kind, "resuming a job taken on before a restart");
+            self.process(job, cancel).await;
+        }
+    }
+
+    /// One job through the pipeline. The job is journaled before it is acknowledged and
+    /// leaves the journal when its result is delivered, so a restart resumes it.
     pub async fn process(&self, job: Job, cancel: &CancellationToken) {
         let a = &self.agent;
         if !self.mark(&job.id) {
@@ -179,32 +200,48 @@ impl Poller {
             return;
         }
         let done = InFlight(self.in_flight.clone(), job.id.clone());
+        if let Err(e) = a.inner.journal.add(&job).await {
+            // Not acknowledged: the control plane hands it out again after its lease.
+            tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; skipped this round");
+            return;
+        }
+        if self.pipeline(job.clone(), cancel, done).await == Step::Settled {
+            forget(a, &job.id).await;
+        }
+    }
+
+    /// The pipeline after journaling.
+    async fn pipeline(&self, job: Job, cancel: &CancellationToken, done: InFlight) -> Step {
+        let a = &self.agent;
         match a.client().ack(&job.id).await {
             Ok(_) => {}
             Err(ClientError::JobGone) => {
                 tracing::info!(job_id = %job.id, "job unknown or closed on the control plane; dropped");
-                return;
+                return Step::Settled;
             }
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "ack failed; job skipped this round");
-                return;
+                return Step::Settled;
             }
         }
         if job.expires_at.is_some_and(|t| t <= Timestamp::now()) {
             tracing::info!(job_id = %job.id, kind = %job.kind, "job expired; not applied");
-            post_result(a, &job, result(OUTCOME_NOOP, "expired", None), cancel).await;
-            return;
+            return Step::from_delivery(
+                post_result(a, &job, result(OUTCOME_NOOP, "expired", None), cancel).await,
+            );
         }
         match a.inner.idempotency.contains(&job.idempotency_key).await {
             Ok(true) => {
                 tracing::info!(job_id = %job.id, idempotency_key = %job.idempotency_key, "idempotent replay; noop");
-                post_result(a, &job, result(OUTCOME_NOOP, "", None), cancel).await;
-                return;
+                return Step::from_delivery(
+                    post_result(a, &job, result(OUTCOME_NOOP, "", None), cancel).await,
+                );
             }
             Ok(false) => {}
             Err(e) => {
-                post_result(a, &job, result(OUTCOME_FAILED, e.to_string(), None), cancel).await;
-                return;
+                return Step::from_delivery(
+                    post_result(a, &job, result(OUTCOME_FAILED, e.to_string(), None), cancel).await,
+                );
             }
         }
         if job
@@ -212,7 +249,7 @@ impl Poller {
             .as_deref()
             .is_some_and(|p| !p.is_empty())
         {
-            post_result(
+            return Step::from_delivery(post_result(
                 a,
                 &job,
                 result(
@@ -221,9 +258,7 @@ impl Poller {
                     None,
                 ),
                 cancel,
-            )
-            .await;
-            return;
+            ).await);
         }
         if let Err(why) = signing::check(
             a.config().signing_mode,
@@ -232,8 +267,9 @@ impl Poller {
             job.signature.as_deref(),
         ) {
             tracing::warn!(job_id = %job.id, kind = %job.kind, reason = %why, "job refused: signature");
-            post_result(a, &job, result(OUTCOME_FAILED, why, None), cancel).await;
-            return;
+            return Step::from_delivery(
+                post_result(a, &job, result(OUTCOME_FAILED, why, None), cancel).await,
+            );
         }
         let cluster_id = a
             .store()
@@ -257,23 +293,58 @@ impl Poller {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(job_id = %job.id, kind = %job.kind, idempotency_key = %job.idempotency_key, error = %e, "job failed");
-                post_result(a, &job, result(e.outcome(), e.to_string(), None), cancel).await;
-                return;
+                return Step::from_delivery(
+                    post_result(a, &job, result(e.outcome(), e.to_string(), None), cancel).await,
+                );
             }
         };
         if applied.readiness == Readiness::None {
-            finish(a, &job, &applied, Verdict::Succeeded(String::new()), cancel).await;
-            return;
+            let delivered =
+                finish(a, &job, &applied, Verdict::Succeeded(String::new()), cancel).await;
+            drop(done);
+            return Step::from_delivery(delivered);
         }
         // Wait for readiness off the loop; the in-flight mark moves with it.
         let (a2, cancel2) = (a.clone(), cancel.clone());
         tokio::spawn(async move {
             let verdict = wait_ready(&a2, &job, &applied, &cancel2).await;
-            if let Some(v) = verdict {
-                finish(&a2, &job, &applied, v, &cancel2).await;
+            // No verdict means shutdown or lost leadership: the job stays journaled and
+            // the next leader resumes it.
+            if let Some(v) = verdict
+                && finish(&a2, &job, &applied, v, &cancel2).await
+            {
+                forget(&a2, &job.id).await;
             }
             drop(done);
         });
+        Step::HandedOff
+    }
+}
+
+/// Where a job stands when the pipeline returns.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Answered, dropped or never acknowledged: leaves the journal.
+    Settled,
+    /// Its result could not be delivered now: stays journaled for the next run.
+    Unsettled,
+    /// A readiness waiter owns it (and removes it from the journal when done).
+    HandedOff,
+}
+
+impl Step {
+    fn from_delivery(delivered: bool) -> Step {
+        if delivered {
+            Step::Settled
+        } else {
+            Step::Unsettled
+        }
+    }
+}
+
+async fn forget(a: &Agent, id: &str) {
+    if let Err(e) = a.inner.journal.remove(id).await {
+        tracing::warn!(job_id = %id, error = %e, "cannot remove the job from the in-flight journal");
     }
 }
 
@@ -294,7 +365,7 @@ async fn finish(
     applied: &Applied,
     verdict: Verdict,
     cancel: &CancellationToken,
-) {
+) -> bool {
     let r = wire_ref(applied);
     let res = match verdict {
         Verdict::Succeeded(_) => match a.inner.idempotency.record(&job.idempotency_key).await {
@@ -315,7 +386,7 @@ async fn finish(
             Some(r),
         ),
     };
-    post_result(a, job, res, cancel).await;
+    post_result(a, job, res, cancel).await
 }
 
 /// Watches the applied object until it succeeds, fails or the timeout passes, posting an
@@ -391,7 +462,15 @@ async fn wait_ready(
 
 /// Posts a result until it is accepted, already recorded (`409`) or the job is gone
 /// (`404`). A `400` falls back once to `failed` with a short error.
-pub async fn post_result(a: &Agent, job: &Job, mut res: JobResult, cancel: &CancellationToken) {
+/// `true` once the control plane holds a result for the job (accepted, `409`, or the job
+/// is gone); `false` when delivery was abandoned (shutdown, rejected credentials) and
+/// the job must stay journaled.
+pub async fn post_result(
+    a: &Agent,
+    job: &Job,
+    mut res: JobResult,
+    cancel: &CancellationToken,
+) -> bool {
     let mut backoff = Backoff::new(a.config().backoff);
     let mut fell_back = false;
     loop {
@@ -409,11 +488,11 @@ pub async fn post_result(a: &Agent, job: &Job, mut res: JobResult, cancel: &Canc
                     a.metrics().pull_job_lag_seconds.set(0.0);
                 }
                 tracing::info!(job_id = %job.id, kind = %job.kind, outcome = %res.outcome, "job result delivered");
-                return;
+                return true;
             }
             Err(ClientError::JobGone) => {
                 tracing::info!(job_id = %job.id, "job gone before its result was posted");
-                return;
+                return true;
             }
             Err(ClientError::BadRequest(m)) if !fell_back => {
                 fell_back = true;
@@ -426,13 +505,13 @@ pub async fn post_result(a: &Agent, job: &Job, mut res: JobResult, cancel: &Canc
             }
             Err(e) if e.is_auth() || matches!(e, ClientError::BadRequest(_)) => {
                 tracing::error!(job_id = %job.id, error = %e, "result could not be delivered");
-                return;
+                return false;
             }
             Err(e) => {
                 let delay = backoff.next_delay_after(e.retry_after());
                 tracing::warn!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "result post failed; retrying");
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return false,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
