@@ -211,3 +211,142 @@ fn dummy_event() -> vworkspace_operator::agent::wire::Event {
         timestamp: jiff::Timestamp::now(),
     }
 }
+
+/// The same reactions against the mock control plane: its genuine 401/403/404/409 and
+/// its fault injection (429 + Retry-After, 5xx, dropped connection).
+#[tokio::test]
+async fn status_codes_from_the_mock_control_plane() {
+    use mock_control_plane::{Fault, MockConfig, MockServer};
+    use vworkspace_operator::agent::client::register;
+    use vworkspace_operator::agent::credentials::Token;
+
+    let cp = ControlPlane::get().await.unwrap();
+    let kube = cp.client().await.unwrap();
+    let ns = fresh_namespace(&kube, "agent-mock").await.unwrap();
+    let mock = MockServer::start(MockConfig {
+        registration_token: "vwksp-reg-client".into(),
+        cluster_id: "c-mock".into(),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = mock.admin();
+
+    // Registration: the token works once, then 401.
+    let (cluster, token) = register(&mock.url(), &Token::new("vwksp-reg-client"), None)
+        .await
+        .unwrap();
+    assert_eq!(cluster, "c-mock");
+    assert!(
+        register(&mock.url(), &Token::new("vwksp-reg-client"), None)
+            .await
+            .is_err()
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let write = |cluster: &str, token: &str| {
+        let (secrets, url) = (secrets.clone(), mock.url());
+        let (cluster, token) = (cluster.to_string(), token.to_string());
+        async move {
+            secrets
+                .patch(
+                    "creds",
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                        "stringData": {"control-plane-base-url": url, "cluster-id": cluster, "token": token}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    write(&cluster, token.expose()).await;
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(CredentialStore::new(
+        kube.clone(),
+        metrics.clone(),
+        SecretLocation {
+            namespace: ns.clone(),
+            name: "creds".into(),
+        },
+    ));
+    store.load().await.unwrap().unwrap();
+    let client = AgentClient::new(store.clone(), metrics.clone(), Windows::default());
+    let res = JobResult {
+        outcome: OUTCOME_NOOP.into(),
+        error: String::new(),
+        applied_ref: None,
+        timestamp: jiff::Timestamp::now(),
+    };
+
+    assert_eq!(client.poll(0).await.unwrap(), vec![]);
+    // Unknown job: 404 → JobGone (dropped, not retried).
+    assert_eq!(client.ack("ghost").await.unwrap_err(), ClientError::JobGone);
+    // A real job: result once, then 409 → already closed (success).
+    let job: vworkspace_protocol::Job =
+        serde_json::from_value(json!({"id": "j1", "kind": "apply", "payload": {}})).unwrap();
+    admin.enqueue(&cluster, &job).await.unwrap();
+    assert_eq!(client.poll(0).await.unwrap().len(), 1);
+    assert_eq!(client.ack("j1").await.unwrap(), Delivery::Accepted);
+    assert_eq!(client.result("j1", &res).await.unwrap(), Delivery::Accepted);
+    assert_eq!(
+        client.result("j1", &res).await.unwrap(),
+        Delivery::AlreadyClosed
+    );
+    assert_eq!(client.ack("j1").await.unwrap(), Delivery::AlreadyClosed);
+
+    // Injected 429 with Retry-After, 503, and a dropped connection.
+    admin
+        .inject_fault(Fault {
+            endpoint: "jobs".into(),
+            status: Some(429),
+            retry_after: Some("9".into()),
+            count: 1,
+            ..Fault::default()
+        })
+        .await
+        .unwrap();
+    let e = client.poll(0).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(9)));
+    admin
+        .inject_fault(Fault::status("events", 503, 1))
+        .await
+        .unwrap();
+    let e = client.events(&[dummy_event()]).await.unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    admin
+        .inject_fault(Fault {
+            endpoint: "jobs".into(),
+            drop_connection: true,
+            count: 1,
+            ..Fault::default()
+        })
+        .await
+        .unwrap();
+    let e = client.poll(0).await.unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    assert!(client.poll(0).await.is_ok(), "recovers after the faults");
+
+    // Wrong cluster id with a valid token: 403 → stop.
+    write("someone-else", token.expose()).await;
+    store.load().await.unwrap();
+    assert!(matches!(
+        client.poll(0).await,
+        Err(ClientError::Forbidden(_))
+    ));
+    assert!(store.is_rejected());
+
+    // Revoked token: 401; the reload finds the same Secret → rejected.
+    write(&cluster, token.expose()).await;
+    store.load().await.unwrap();
+    admin.revoke(&cluster).await.unwrap();
+    assert!(matches!(
+        client.poll(0).await,
+        Err(ClientError::Unauthorized(_))
+    ));
+    assert!(store.is_rejected());
+    // A fresh token in the Secret resumes at once.
+    let fresh = admin.rotate(&cluster).await.unwrap();
+    write(&cluster, &fresh).await;
+    store.load().await.unwrap();
+    assert!(client.poll(0).await.is_ok());
+}
