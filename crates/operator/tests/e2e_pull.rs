@@ -115,10 +115,12 @@ async fn pull_mode_end_to_end() {
         )
         .await
         .unwrap();
+    let metrics_port = support::free_port();
     let flags = [
         "--agent-poll-interval=5s",
         "--agent-signing=warn",
         &format!("--agent-signing-public-key={public}"),
+        &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
     ];
     let mut op = Operator::start_with(kubeconfig, op_ns, &flags);
 
@@ -408,6 +410,26 @@ async fn pull_mode_end_to_end() {
         empty.then_some(())
     })
     .await;
+
+    // Metrics of the Pull mode are exported.
+    let metrics = eventually("metrics", LONG, || async {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })
+    .await;
+    for name in [
+        "vworkspace_operator_pull_job_lag_seconds",
+        "vworkspace_operator_connectivity_state{mode=\"pull\"} 1",
+        "vworkspace_operator_applied_jobs_total",
+        "vworkspace_operator_event_buffer_occupancy",
+        "vworkspace_operator_credential_age_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
 
     // No secret material in the operator's log.
     let log = op.log();
