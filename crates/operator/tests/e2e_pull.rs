@@ -238,6 +238,40 @@ async fn pull_mode_end_to_end() {
         apps.get_opt("chat").await.unwrap().is_none().then_some(())
     })
     .await;
+    // request-operation: the test plays the Operation controller by finishing it.
+    let operation = json!({
+        "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+        "metadata": {"name": "wiki-backup", "namespace": apps_ns},
+        "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
+                 "type": "Backup", "engine": "velero", "parameters": {"ttl": "720h"}}
+    });
+    admin
+        .enqueue(
+            CLUSTER_ID,
+            &job(
+                "intent-operation",
+                "intent",
+                "intent/wiki-backup@1",
+                json!({"intent": "request-operation", "operation": operation}),
+            ),
+        )
+        .await
+        .unwrap();
+    let ops: Api<vworkspace_api::Operation> = Api::namespaced(client.clone(), apps_ns);
+    eventually("Operation", LONG, || async {
+        ops.get_opt("wiki-backup").await.unwrap()
+    })
+    .await;
+    ops.patch_status(
+        "wiki-backup",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
+    let r = result(&admin, "intent-operation").await;
+    assert_eq!(r.outcome, "succeeded", "{r:?}");
+    assert_eq!(r.applied_ref.unwrap().kind, "Operation");
     let r = {
         admin
             .enqueue(
