@@ -22,7 +22,7 @@ pub struct Fault {
     /// Wait this long before answering (or before handling, without `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
-    /// Abort the response: headers go out, then the connection is cut.
+    /// Close the connection without sending any response.
     #[serde(default)]
     pub drop_connection: bool,
     /// How many matching requests it applies to.
@@ -47,6 +47,22 @@ pub struct Faults(Mutex<Vec<Fault>>);
 pub struct Injected {
     pub delay: Option<Duration>,
     pub response: Option<Response<Body>>,
+    /// Close the connection without any response.
+    pub drop_connection: bool,
+}
+
+/// Endpoint names a fault may target.
+pub const FAULT_ENDPOINTS: &[&str] = &[
+    "register", "jobs", "ack", "status", "result", "events", "rotate", "*",
+];
+
+/// Ends the current request by unwinding its connection task: the server drops the
+/// socket without writing a byte, which is what a client sees when a proxy or the network
+/// cuts the connection. `resume_unwind` skips the panic hook, so nothing is printed; the
+/// connection task is the only thing that ends (axum serves each connection in its own
+/// task).
+pub fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("fault injection: connection dropped"))
 }
 
 /// Which fault endpoint name a request path belongs to.
@@ -90,18 +106,7 @@ impl Faults {
         }
         let delay = fault.delay_ms.map(Duration::from_millis);
         let response = if fault.drop_connection {
-            let broken = futures::stream::once(async {
-                Err::<axum::body::Bytes, _>(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "fault injection: connection dropped",
-                ))
-            });
-            Some(
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .body(Body::from_stream(broken))
-                    .unwrap_or_default(),
-            )
+            None
         } else {
             fault.status.map(|code| {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -121,6 +126,10 @@ impl Faults {
                 resp
             })
         };
-        Some(Injected { delay, response })
+        Some(Injected {
+            delay,
+            response,
+            drop_connection: fault.drop_connection,
+        })
     }
 }

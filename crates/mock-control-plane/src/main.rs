@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mock_control_plane::{MockConfig, router};
 
 #[derive(Parser)]
@@ -39,6 +39,30 @@ struct Args {
     registration_ttl_seconds: u64,
 }
 
+/// Accepts the single-dash spellings of the original mock (`-addr :8080`,
+/// `-cluster-id=x`) by rewriting known long flags to `--flag` before clap sees them.
+fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let longs: Vec<String> = Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect();
+    let mut out = Vec::new();
+    let mut rest = false;
+    for a in args {
+        if a == "--" {
+            rest = true;
+        }
+        let single = !rest && a.starts_with('-') && !a.starts_with("--");
+        let name = a.trim_start_matches('-').split('=').next().unwrap_or("");
+        if single && longs.iter().any(|l| l == name) {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -46,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
+    let args = Args::parse_from(normalize_args(std::env::args()));
     let addr = if args.addr.starts_with(':') {
         format!("0.0.0.0{}", args.addr)
     } else {
@@ -76,4 +100,36 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn single_dash_flags_are_accepted() {
+        let argv = |v: &[&str]| normalize_args(v.iter().map(|s| s.to_string()));
+        let a = Args::try_parse_from(argv(&[
+            "mock-control-plane",
+            "-addr",
+            ":9090",
+            "-cluster-id=c-7",
+            "--admin-token",
+            "adm",
+            "-lease-seconds",
+            "5",
+        ]))
+        .unwrap();
+        assert_eq!(a.addr, ":9090");
+        assert_eq!(a.cluster_id, "c-7");
+        assert_eq!(a.admin_token.as_deref(), Some("adm"));
+        assert_eq!(a.lease_seconds, 5);
+        assert_eq!(a.rotation_grace_seconds, 86400);
+        // Values are left alone, unknown single-dash words too.
+        assert_eq!(
+            argv(&["x", "--registration-token", "-abc"]),
+            ["x", "--registration-token", "-abc"]
+        );
+    }
 }

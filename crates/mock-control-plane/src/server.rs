@@ -19,8 +19,8 @@ use vworkspace_protocol::{
 };
 
 use crate::ADMIN_HEADER;
-use crate::faults::{Fault, Faults, endpoint_of};
-use crate::store::{ResultWrite, Store};
+use crate::faults::{FAULT_ENDPOINTS, Fault, Faults, endpoint_of};
+use crate::store::{Registration, ResultWrite, Store, now_ms};
 
 /// Mock settings; [`MockConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -159,24 +159,25 @@ async fn register(State(s): State<S>, h: HeaderMap, body: String) -> Response {
     } else {
         req.registration_token.trim().to_string()
     };
-    let cluster = match s.store.consume_registration_token(&token) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
+    let want = Some(req.cluster_id.trim()).filter(|c| !c.is_empty());
+    let cluster = match s.store.consume_registration_token(&token, want) {
+        Ok(Registration::Accepted(c)) => c,
+        Ok(Registration::Invalid) => {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "RegistrationTokenInvalid",
                 "registration token unknown, used or expired",
             );
         }
+        Ok(Registration::ClusterMismatch) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "ClusterMismatch",
+                "the registration token is bound to another cluster",
+            );
+        }
         Err(e) => return internal(e),
     };
-    if !req.cluster_id.is_empty() && req.cluster_id != cluster {
-        return error(
-            StatusCode::FORBIDDEN,
-            "ClusterMismatch",
-            "the token is bound to another cluster",
-        );
-    }
     let bootstrap = format!("bootstrap-{cluster}-{}", random_hex(16));
     if let Err(e) = s.store.add_token(&bootstrap, &cluster) {
         return internal(e);
@@ -187,6 +188,7 @@ async fn register(State(s): State<S>, h: HeaderMap, body: String) -> Response {
         &RegisterResponse {
             cluster_id: cluster,
             token: bootstrap,
+            expires_at: None,
         },
     )
 }
@@ -228,23 +230,35 @@ async fn jobs(State(s): State<S>, h: HeaderMap, Query(q): Query<PollQuery>) -> R
         );
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(parse_wait(q.wait.as_deref()));
-    let lease = s.config.lease.as_secs().max(1) as i64;
+    let lease = i64::try_from(s.config.lease.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
     loop {
         // Register interest before looking, so an enqueue in between is not missed.
         let notified = s.enqueued.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         match s.store.take_jobs(&cluster, lease) {
             Ok(jobs) if !jobs.is_empty() => return json(StatusCode::OK, &JobsResponse { jobs }),
             Ok(_) => {}
             Err(e) => return internal(e),
         }
-        // Leased jobs come back when their lease ends: wake at least once a second.
-        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(tick.min(deadline)) => {}
-        }
         if tokio::time::Instant::now() >= deadline {
             return json(StatusCode::OK, &JobsResponse { jobs: Vec::new() });
+        }
+        // Sleep until an enqueue, the end of the earliest running lease (that job is then
+        // deliverable again), or the end of the wait, whichever comes first.
+        let wake = match s.store.next_lease_end(&cluster) {
+            Ok(Some(end_ms)) => {
+                let in_ms = u64::try_from(end_ms.saturating_sub(now_ms())).unwrap_or(0);
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(in_ms))
+            }
+            Ok(None) => deadline,
+            Err(e) => return internal(e),
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
@@ -312,15 +326,8 @@ async fn result(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
     };
-    if !matches!(
-        result.outcome.as_str(),
-        "succeeded" | "failed" | "noop" | "conflict"
-    ) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidOutcome",
-            format!("unknown outcome {:?}", result.outcome),
-        );
+    if let Err(e) = result.parsed_outcome() {
+        return error(StatusCode::BAD_REQUEST, "InvalidOutcome", e.to_string());
     }
     match s.store.store_result(&id, &result) {
         Ok(ResultWrite::Stored) => StatusCode::NO_CONTENT.into_response(),
@@ -355,9 +362,15 @@ async fn rotate(State(s): State<S>, h: HeaderMap) -> Response {
         Err(r) => return r,
     };
     let token = format!("bootstrap-{cluster}-{}", random_hex(16));
-    let grace = s.config.rotation_grace.as_secs() as i64;
+    let grace = i64::try_from(s.config.rotation_grace.as_millis()).unwrap_or(i64::MAX);
     match s.store.rotate(&cluster, &token, grace) {
-        Ok(()) => json(StatusCode::OK, &RotateResponse { token }),
+        Ok(()) => json(
+            StatusCode::OK,
+            &RotateResponse {
+                token,
+                expires_at: None,
+            },
+        ),
         Err(e) => internal(e),
     }
 }
@@ -484,12 +497,13 @@ async fn admin_registration_token(State(s): State<S>, body: String) -> Response 
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
     };
-    let ttl = req
-        .ttl_seconds
-        .unwrap_or(s.config.registration_ttl.as_secs() as i64);
+    let ttl_ms = match req.ttl_seconds {
+        Some(secs) => secs.saturating_mul(1000),
+        None => i64::try_from(s.config.registration_ttl.as_millis()).unwrap_or(i64::MAX),
+    };
     match s
         .store
-        .add_registration_token(&req.token, &req.cluster_id, ttl)
+        .add_registration_token(&req.token, &req.cluster_id, ttl_ms)
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => internal(e),
@@ -498,9 +512,15 @@ async fn admin_registration_token(State(s): State<S>, body: String) -> Response 
 
 async fn admin_rotate(State(s): State<S>, Path(cluster): Path<String>) -> Response {
     let token = format!("bootstrap-{cluster}-{}", random_hex(16));
-    let grace = s.config.rotation_grace.as_secs() as i64;
+    let grace = i64::try_from(s.config.rotation_grace.as_millis()).unwrap_or(i64::MAX);
     match s.store.rotate(&cluster, &token, grace) {
-        Ok(()) => json(StatusCode::OK, &RotateResponse { token }),
+        Ok(()) => json(
+            StatusCode::OK,
+            &RotateResponse {
+                token,
+                expires_at: None,
+            },
+        ),
         Err(e) => internal(e),
     }
 }
@@ -513,13 +533,35 @@ async fn admin_revoke(State(s): State<S>, Path(cluster): Path<String>) -> Respon
 }
 
 async fn admin_faults(State(s): State<S>, body: String) -> Response {
-    match serde_json::from_str::<Fault>(&body) {
-        Ok(f) => {
-            s.faults.add(f);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let fault = match serde_json::from_str::<Fault>(&body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    };
+    if !FAULT_ENDPOINTS.contains(&fault.endpoint.as_str()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidFault",
+            format!("endpoint must be one of {}", FAULT_ENDPOINTS.join(", ")),
+        );
     }
+    if fault.count == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidFault",
+            "count must be at least 1",
+        );
+    }
+    if let Some(code) = fault.status
+        && StatusCode::from_u16(code).is_err()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidFault",
+            format!("bad status {code}"),
+        );
+    }
+    s.faults.add(fault);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn admin_reset(State(s): State<S>) -> Response {
@@ -538,6 +580,9 @@ async fn inject(State(s): State<S>, req: Request, next: Next) -> Response<Body> 
     if let Some(d) = injected.delay {
         tokio::time::sleep(d).await;
     }
+    if injected.drop_connection {
+        crate::faults::drop_connection();
+    }
     match injected.response {
         Some(r) => r,
         None => next.run(req).await,
@@ -555,7 +600,7 @@ fn build(config: MockConfig) -> anyhow::Result<(Router, S)> {
         store.add_registration_token(
             &config.registration_token,
             &config.cluster_id,
-            config.registration_ttl.as_secs() as i64,
+            i64::try_from(config.registration_ttl.as_millis()).unwrap_or(i64::MAX),
         )?;
     }
     if let Some(t) = config.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {

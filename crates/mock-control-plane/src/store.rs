@@ -18,9 +18,13 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
 
-pub fn now_secs() -> i64 {
-    jiff::Timestamp::now().as_second()
+/// Milliseconds since the Unix epoch: every deadline in the database uses this unit.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
 }
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 2;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -64,6 +68,16 @@ pub struct JobInfo {
     pub job: Job,
 }
 
+/// Outcome of consuming a registration token.
+pub enum Registration {
+    /// Valid; now used. Carries the bound cluster id.
+    Accepted(String),
+    /// Unknown, used or expired.
+    Invalid,
+    /// Valid but bound to another cluster than the one asked for; not consumed.
+    ClusterMismatch,
+}
+
 /// Outcome of storing a result.
 pub enum ResultWrite {
     Stored,
@@ -73,15 +87,15 @@ pub enum ResultWrite {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS registration_tokens (
-    hash TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    hash TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, expires_at_ms INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, expires_at INTEGER);
+    hash TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, expires_at_ms INTEGER);
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY, rotations INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, cluster_id TEXT NOT NULL, body TEXT NOT NULL,
-    state TEXT NOT NULL, lease_until INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL, lease_until_ms INTEGER NOT NULL DEFAULT 0,
     deliveries INTEGER NOT NULL DEFAULT 0, result_posts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS status_updates (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, body TEXT NOT NULL);
@@ -100,7 +114,19 @@ impl Store {
             None => Connection::open_in_memory()?,
         };
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 && version != SCHEMA_VERSION {
+            anyhow::bail!(
+                "database schema version {version} is not {SCHEMA_VERSION} (written by another mock version); delete the file"
+            );
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -116,41 +142,44 @@ impl Store {
 
     /// Adds a registration token unless it is already known (a restart must not revive a
     /// used token).
-    pub fn add_registration_token(
-        &self,
-        token: &str,
-        cluster_id: &str,
-        ttl_secs: i64,
-    ) -> Result<()> {
+    pub fn add_registration_token(&self, token: &str, cluster_id: &str, ttl_ms: i64) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT OR IGNORE INTO registration_tokens(hash, cluster_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![hash(token), cluster_id, now_secs() + ttl_secs],
+                "INSERT OR IGNORE INTO registration_tokens(hash, cluster_id, expires_at_ms) VALUES (?1, ?2, ?3)",
+                params![hash(token), cluster_id, now_ms().saturating_add(ttl_ms)],
             )?;
             c.execute("INSERT OR IGNORE INTO clusters(id) VALUES (?1)", params![cluster_id])?;
             Ok(())
         })
     }
 
-    /// Consumes a registration token: `Some(cluster id)` when it was valid.
-    pub fn consume_registration_token(&self, token: &str) -> Result<Option<String>> {
+    /// Consumes a registration token. When `want_cluster` is given and differs from the
+    /// bound cluster, the token is left unused.
+    pub fn consume_registration_token(
+        &self,
+        token: &str,
+        want_cluster: Option<&str>,
+    ) -> Result<Registration> {
         self.with(|c| {
             let row: Option<(String, i64, i64)> = c
                 .query_row(
-                    "SELECT cluster_id, expires_at, used FROM registration_tokens WHERE hash = ?1",
+                    "SELECT cluster_id, expires_at_ms, used FROM registration_tokens WHERE hash = ?1",
                     params![hash(token)],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
             match row {
-                Some((cluster, expires, 0)) if expires >= now_secs() => {
+                Some((cluster, expires, 0)) if expires > now_ms() => {
+                    if want_cluster.is_some_and(|w| w != cluster) {
+                        return Ok(Registration::ClusterMismatch);
+                    }
                     c.execute(
                         "UPDATE registration_tokens SET used = 1 WHERE hash = ?1",
                         params![hash(token)],
                     )?;
-                    Ok(Some(cluster))
+                    Ok(Registration::Accepted(cluster))
                 }
-                _ => Ok(None),
+                _ => Ok(Registration::Invalid),
             }
         })
     }
@@ -158,7 +187,7 @@ impl Store {
     pub fn add_token(&self, token: &str, cluster_id: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO tokens(hash, cluster_id, expires_at) VALUES (?1, ?2, NULL)",
+                "INSERT OR REPLACE INTO tokens(hash, cluster_id, expires_at_ms) VALUES (?1, ?2, NULL)",
                 params![hash(token), cluster_id],
             )?;
             c.execute(
@@ -173,29 +202,29 @@ impl Store {
     pub fn cluster_for_token(&self, token: &str) -> Result<Option<String>> {
         self.with(|c| {
             c.query_row(
-                "SELECT cluster_id FROM tokens WHERE hash = ?1 AND (expires_at IS NULL OR expires_at >= ?2)",
-                params![hash(token), now_secs()],
+                "SELECT cluster_id FROM tokens WHERE hash = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+                params![hash(token), now_ms()],
                 |r| r.get(0),
             )
             .optional()
         })
     }
 
-    /// Issues a new token for the cluster; every older token stays valid for `grace_secs`
+    /// Issues a new token for the cluster; every older token stays valid for `grace_ms`
     /// (0: invalid at once).
-    pub fn rotate(&self, cluster_id: &str, new_token: &str, grace_secs: i64) -> Result<()> {
+    pub fn rotate(&self, cluster_id: &str, new_token: &str, grace_ms: i64) -> Result<()> {
         self.with(|c| {
-            let until = now_secs() + grace_secs;
-            if grace_secs <= 0 {
+            let until = now_ms().saturating_add(grace_ms);
+            if grace_ms <= 0 {
                 c.execute("DELETE FROM tokens WHERE cluster_id = ?1", params![cluster_id])?;
             } else {
                 c.execute(
-                    "UPDATE tokens SET expires_at = ?2 WHERE cluster_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                    "UPDATE tokens SET expires_at_ms = ?2 WHERE cluster_id = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
                     params![cluster_id, until],
                 )?;
             }
             c.execute(
-                "INSERT OR REPLACE INTO tokens(hash, cluster_id, expires_at) VALUES (?1, ?2, NULL)",
+                "INSERT OR REPLACE INTO tokens(hash, cluster_id, expires_at_ms) VALUES (?1, ?2, NULL)",
                 params![hash(new_token), cluster_id],
             )?;
             c.execute(
@@ -228,20 +257,20 @@ impl Store {
     }
 
     /// Hands out every deliverable job of the cluster (queued, or leased with the lease
-    /// over) and leases them for `lease_secs`.
-    pub fn take_jobs(&self, cluster_id: &str, lease_secs: i64) -> Result<Vec<Job>> {
-        let now = now_secs();
+    /// over) and leases them for `lease_ms`.
+    pub fn take_jobs(&self, cluster_id: &str, lease_ms: i64) -> Result<Vec<Job>> {
+        let now = now_ms();
         let bodies: Vec<(String, String)> = self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, body FROM jobs WHERE cluster_id = ?1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= ?2)) ORDER BY seq",
+                "SELECT id, body FROM jobs WHERE cluster_id = ?1 AND (state = 'queued' OR (state = 'leased' AND lease_until_ms <= ?2)) ORDER BY seq",
             )?;
             let rows = stmt
                 .query_map(params![cluster_id, now], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for (id, _) in &rows {
                 c.execute(
-                    "UPDATE jobs SET state = 'leased', lease_until = ?2, deliveries = deliveries + 1 WHERE id = ?1",
-                    params![id, now + lease_secs],
+                    "UPDATE jobs SET state = 'leased', lease_until_ms = ?2, deliveries = deliveries + 1 WHERE id = ?1",
+                    params![id, now.saturating_add(lease_ms)],
                 )?;
             }
             Ok(rows)
@@ -250,6 +279,17 @@ impl Store {
             .into_iter()
             .map(|(_, b)| Ok(serde_json::from_str(&b)?))
             .collect()
+    }
+
+    /// When the earliest running lease of the cluster ends (ms since the epoch).
+    pub fn next_lease_end(&self, cluster_id: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT MIN(lease_until_ms) FROM jobs WHERE cluster_id = ?1 AND state = 'leased'",
+                params![cluster_id],
+                |r| r.get(0),
+            )
+        })
     }
 
     pub fn job_state(&self, job_id: &str) -> Result<Option<(String, JobState)>> {

@@ -102,7 +102,7 @@ async fn registration_tokens_are_single_use_and_expire() {
         .add_registration_token("vwksp-reg-short", "c-2", Duration::ZERO)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         register(&server.url(), "vwksp-reg-short").await.status(),
         401,
@@ -426,4 +426,368 @@ async fn faults_are_injected_per_endpoint() {
         Ok(resp) => resp.bytes().await.is_err(),
     };
     assert!(failed, "the dropped connection must surface as an error");
+}
+
+#[tokio::test]
+async fn every_agent_endpoint_rejects_bad_tokens_and_unknown_jobs() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    let bad = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: "nope".into(),
+    };
+    let result = json!({"outcome": "noop", "timestamp": "2026-01-01T00:00:00Z"});
+    let status = json!({"phase": "Reconciling", "timestamp": "2026-01-01T00:00:00Z"});
+    // 401 on every agent endpoint for an unknown token, also for a known job.
+    assert_eq!(bad.poll("0").await.0, 401);
+    assert_eq!(bad.post("/api/agent/jobs/j1/ack", json!(null)).await, 401);
+    assert_eq!(
+        bad.post("/api/agent/jobs/j1/status", status.clone()).await,
+        401
+    );
+    assert_eq!(
+        bad.post("/api/agent/jobs/j1/result", result.clone()).await,
+        401
+    );
+    assert_eq!(
+        bad.post("/api/agent/events", json!({"events": []})).await,
+        401
+    );
+    assert_eq!(
+        bad.post("/api/agent/credentials/rotate", json!({})).await,
+        401
+    );
+    // Missing bearer altogether.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/api/agent/jobs?cluster={CLUSTER}&wait=0",
+            server.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "Unauthorized");
+
+    // 404 for unknown job ids on ack / status / result.
+    assert_eq!(
+        agent.post("/api/agent/jobs/ghost/ack", json!(null)).await,
+        404
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/jobs/ghost/status", status.clone())
+            .await,
+        404
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/jobs/ghost/result", result.clone())
+            .await,
+        404
+    );
+
+    // 400s: missing cluster, malformed bodies.
+    assert_eq!(
+        agent
+            .req(reqwest::Method::GET, "/api/agent/jobs?wait=0")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/jobs/j1/status", json!({"phase": 1}))
+            .await,
+        400
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/jobs/j1/result", json!({"outcome": "noop"}))
+            .await,
+        400,
+        "timestamp is required"
+    );
+    assert_eq!(
+        agent
+            .post("/api/agent/events", json!({"events": [{"kind": 1}]}))
+            .await,
+        400
+    );
+
+    // A job of another cluster: 403 for this cluster's token.
+    admin
+        .add_registration_token("vwksp-reg-other", "c-2", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = register(&server.url(), "vwksp-reg-other").await;
+    assert_eq!(r.status(), 200);
+    let other_token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: other_token,
+    };
+    assert_eq!(other.post("/api/agent/jobs/j1/ack", json!(null)).await, 403);
+    assert_eq!(
+        other
+            .post("/api/agent/jobs/j1/result", result.clone())
+            .await,
+        403
+    );
+    assert!(!admin.was_acked("j1").await.unwrap());
+
+    // Unknown endpoint and health.
+    assert_eq!(agent.post("/api/agent/nothing", json!({})).await, 404);
+    let r = reqwest::get(format!("{}/healthz", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn registration_edge_cases() {
+    let server = MockServer::start(config()).await.unwrap();
+    let url = server.url();
+    let post = |bearer: Option<&'static str>, body: String| {
+        let mut r = reqwest::Client::new()
+            .post(format!("{url}/api/agent/register"))
+            .header("accept", MEDIA_TYPE)
+            .header("content-type", MEDIA_TYPE)
+            .body(body);
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send()
+    };
+    assert_eq!(
+        post(None, json!({"registrationToken": REG}).to_string())
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(Some(REG), "{not json".into()).await.unwrap().status(),
+        400
+    );
+    // Asking for another cluster than the token is bound to: 403, and the token stays usable.
+    let r = post(
+        Some(REG),
+        json!({"registrationToken": REG, "clusterId": "c-9"}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(
+        Some(REG),
+        json!({"registrationToken": REG, "clusterId": CLUSTER}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["clusterId"], CLUSTER);
+    assert!(body["token"].as_str().unwrap().len() > 16);
+    // The body token defaults to the bearer.
+    server
+        .admin()
+        .add_registration_token("vwksp-reg-b", "c-3", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = post(Some("vwksp-reg-b"), "{}".into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["clusterId"], "c-3");
+}
+
+#[tokio::test]
+async fn wait_accepts_a_trailing_s_and_pre_seeded_tokens_work() {
+    let mut cfg = config();
+    cfg.bootstrap_token = Some("seeded-token".into());
+    let server = MockServer::start(cfg).await.unwrap();
+    let agent = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: "seeded-token".into(),
+    };
+    assert_eq!(agent.poll("1s").await, (200, json!({"jobs": []})));
+    let admin = server.admin();
+    // With jobs ready the poll answers at once whatever the wait says: an empty or
+    // negative wait (both read as the default, 30 s) cannot hold this test.
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    assert_eq!(agent.poll("").await.1["jobs"][0]["id"], "j1");
+    admin.enqueue(CLUSTER, &job("j2")).await.unwrap();
+    assert_eq!(agent.poll("-3").await.1["jobs"][0]["id"], "j2");
+    assert_eq!(
+        admin.pending_count(CLUSTER).await.unwrap(),
+        2,
+        "handed out but not acked"
+    );
+    assert_eq!(agent.post("/api/agent/jobs/j1/ack", json!(null)).await, 204);
+    assert_eq!(agent.post("/api/agent/jobs/j2/ack", json!(null)).await, 204);
+    assert_eq!(admin.pending_count(CLUSTER).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn admin_api_validates_and_resets() {
+    let server = MockServer::start(config()).await.unwrap();
+    let url = server.url();
+    let admin_post = |path: &str, body: Value| {
+        reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .header(mock_control_plane::ADMIN_HEADER, "admin")
+            .json(&body)
+            .send()
+    };
+    let code = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        code(
+            admin_post("/api/admin/enqueue", json!({"job": {"id": "x"}}))
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        code(
+            admin_post(
+                "/api/admin/enqueue",
+                json!({"clusterId": "c", "job": {"id": ""}})
+            )
+            .await
+            .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        code(
+            admin_post("/api/admin/faults", json!({"endpoint": "jbos", "count": 1}))
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        code(
+            admin_post("/api/admin/faults", json!({"endpoint": "jobs", "count": 0}))
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{url}/api/admin/events"))
+        .header(mock_control_plane::ADMIN_HEADER, "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "cluster is required");
+    let r = reqwest::Client::new()
+        .get(format!("{url}/api/admin/jobs/nothing/result"))
+        .header(mock_control_plane::ADMIN_HEADER, "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let admin = server.admin();
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    admin
+        .inject_fault(Fault::status("jobs", 500, 5))
+        .await
+        .unwrap();
+    let jobs = admin.jobs(Some(CLUSTER)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, mock_control_plane::JobState::Queued);
+    admin.reset().await.unwrap();
+    assert_eq!(admin.pending_count(CLUSTER).await.unwrap(), 0);
+    // Reset also clears faults, but keeps registration state.
+    let agent = registered(&server).await;
+    assert_eq!(agent.poll("0").await.0, 200);
+    assert!(
+        admin
+            .wait_for_result("none", Duration::from_millis(300))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_events_status_updates_and_rotated_tokens() {
+    let dir = std::env::temp_dir().join(format!("mock-cp-b-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("state.db");
+    let _ = std::fs::remove_file(&db);
+    let mut cfg = config();
+    cfg.db_path = Some(db.clone());
+    let server = MockServer::start(cfg.clone()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    admin.enqueue(CLUSTER, &job("j1")).await.unwrap();
+    agent.poll("0").await;
+    assert_eq!(agent.post("/api/agent/jobs/j1/ack", json!(null)).await, 204);
+    let status = json!({"phase": "Reconciling", "timestamp": "2026-01-01T00:00:00Z"});
+    assert_eq!(agent.post("/api/agent/jobs/j1/status", status).await, 204);
+    let ev = json!({"eventKey": "k1", "kind": "ClusterHeartbeat",
+        "resourceRef": {"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster", "namespace": "", "name": CLUSTER},
+        "timestamp": "2026-01-01T00:00:00Z"});
+    assert_eq!(
+        agent
+            .post("/api/agent/events", json!({"events": [ev.clone()]}))
+            .await,
+        204
+    );
+    let rotated = admin.rotate(CLUSTER).await.unwrap();
+    drop(server);
+
+    let server = MockServer::start(cfg).await.unwrap();
+    let admin = server.admin();
+    assert!(admin.was_acked("j1").await.unwrap());
+    assert_eq!(admin.status_updates("j1").await.unwrap().len(), 1);
+    assert_eq!(
+        admin.events(CLUSTER, None, None, None).await.unwrap().len(),
+        1
+    );
+    let again = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: rotated,
+    };
+    assert_eq!(
+        again.poll("0").await,
+        (200, json!({"jobs": []})),
+        "acked job is not handed out again"
+    );
+    assert_eq!(
+        again
+            .post("/api/agent/events", json!({"events": [ev]}))
+            .await,
+        204
+    );
+    assert_eq!(
+        admin.events(CLUSTER, None, None, None).await.unwrap().len(),
+        1,
+        "key remembered across restarts"
+    );
+    let old = Agent {
+        url: server.url(),
+        ..agent
+    };
+    assert_eq!(
+        old.poll("0").await.0,
+        200,
+        "old token still within its grace period"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
