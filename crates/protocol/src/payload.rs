@@ -193,7 +193,7 @@ impl DeletePayload {
 pub const INTENT_ENSURE_APPLICATION_INSTANCE: &str = "ensure-application-instance";
 pub const INTENT_REQUEST_OPERATION: &str = "request-operation";
 pub const INTENT_DELETE_APPLICATION_INSTANCE: &str = "delete-application-instance";
-/// Documented but not implemented by the operator; parses as an unknown intent.
+/// Ask the agent to rotate its own bootstrap credential (no extra fields).
 pub const INTENT_ROTATE_OPERATOR_CREDENTIALS: &str = "rotate-operator-credentials";
 
 /// Payload of an `intent` job: `{"intent": "<name>", ...}`.
@@ -208,6 +208,8 @@ pub enum Intent {
         name: String,
         namespace: Option<String>,
     },
+    /// Rotate the operator's own bootstrap token.
+    RotateOperatorCredentials,
 }
 
 impl Intent {
@@ -228,6 +230,7 @@ impl Intent {
                 name: required_str(obj, "name")?,
                 namespace: optional_str(obj, "namespace")?,
             }),
+            INTENT_ROTATE_OPERATOR_CREDENTIALS => Ok(Intent::RotateOperatorCredentials),
             _ => Err(ProtocolError::UnknownIntent(name)),
         }
     }
@@ -238,6 +241,7 @@ impl Intent {
             Intent::EnsureApplicationInstance { .. } => INTENT_ENSURE_APPLICATION_INSTANCE,
             Intent::RequestOperation { .. } => INTENT_REQUEST_OPERATION,
             Intent::DeleteApplicationInstance { .. } => INTENT_DELETE_APPLICATION_INSTANCE,
+            Intent::RotateOperatorCredentials => INTENT_ROTATE_OPERATOR_CREDENTIALS,
         }
     }
 
@@ -260,6 +264,7 @@ impl Intent {
                     m.insert("namespace".into(), ns.clone().into());
                 }
             }
+            Intent::RotateOperatorCredentials => {}
         }
         Value::Object(m)
     }
@@ -344,11 +349,14 @@ mod tests {
                 ..
             })
         ));
-        let e = Intent::parse(&json!({"intent": "rotate-operator-credentials"})).unwrap_err();
+        let r = json!({"intent": "rotate-operator-credentials"});
         assert_eq!(
-            e.to_string(),
-            "unsupported intent \"rotate-operator-credentials\""
+            Intent::parse(&r).unwrap(),
+            Intent::RotateOperatorCredentials
         );
+        assert_eq!(Intent::RotateOperatorCredentials.to_payload(), r);
+        let e = Intent::parse(&json!({"intent": "reboot-cluster"})).unwrap_err();
+        assert_eq!(e.to_string(), "unsupported intent \"reboot-cluster\"");
         assert_eq!(
             Intent::parse(&json!({"intent": "request-operation"})).unwrap_err(),
             ProtocolError::MissingField("operation")

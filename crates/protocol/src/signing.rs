@@ -10,8 +10,8 @@
 //!   for digit. (Strict JCS would first round integers beyond 2^53 to a double; payloads
 //!   never carry such values, and signing them exactly is the safer failure mode.)
 //! - other numbers are IEEE-754 doubles written the way ECMAScript `Number.prototype.
-//!   toString` writes them: shortest round-trip digits, plain notation for decimal
-//!   exponents in [-6, 21), otherwise `d.ddde±n` (`1e+21`, `1e-7`); `-0` is `0`.
+//!   toString` writes them: shortest round-trip digits, plain notation for magnitudes
+//!   from 1e-6 up to below 1e21, otherwise `d.ddde±n` (`1e+21`, `1e-7`); `-0` is `0`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
