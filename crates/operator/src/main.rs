@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use vworkspace_operator::agent::scope::KindRule;
 use vworkspace_operator::agent::signing::SigningMode;
 use vworkspace_operator::agent::{Agent, AgentConfig, run_agent};
+use vworkspace_operator::controller::operation::{self, OperationConfig};
 use vworkspace_operator::controller::{Context, application_instance, cluster};
 use vworkspace_operator::leader::{self, LeaderConfig};
 use vworkspace_operator::metrics::Metrics;
@@ -357,8 +358,15 @@ async fn run(args: RunArgs) -> Result<()> {
         leadership.clone(),
         shutdown.clone(),
     ));
+    let op_config = OperationConfig {
+        approval_secret: args.approval_claim_secret.clone(),
+        velero_namespace: args.velero_namespace.clone(),
+    };
     let controllers = async move {
-        application_instance::run(ctx, watch_namespace.as_deref()).await;
+        tokio::join!(
+            application_instance::run(ctx.clone(), watch_namespace.as_deref()),
+            operation::run(ctx, op_config, watch_namespace.as_deref()),
+        );
     };
 
     tokio::select! {

@@ -28,7 +28,8 @@ const LONG: Duration = Duration::from_secs(90);
 fn instance(ns: &str, name: &str) -> Value {
     json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns,
+                     "annotations": {"ops.vworkspace.io/backup": "velero"}},
         "spec": {"appRef": {"catalogId": name},
                  "chart": {"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
                  "release": {"name": name, "namespace": ns},
@@ -89,6 +90,7 @@ async fn pull_mode_end_to_end() {
     let op_ns = "vworkspace-system";
     let apps_ns = "org-e2e";
     create_namespace(&client, op_ns).await;
+    create_namespace(&client, "velero").await;
 
     let mock = MockServer::start(MockConfig {
         registration_token: REG_TOKEN.into(),
@@ -238,7 +240,7 @@ async fn pull_mode_end_to_end() {
         apps.get_opt("chat").await.unwrap().is_none().then_some(())
     })
     .await;
-    // request-operation: the test plays the Operation controller by finishing it.
+    // request-operation: the Operation runs through the operator's Operation controller.
     let operation = json!({
         "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
         "metadata": {"name": "wiki-backup", "namespace": apps_ns},
@@ -262,13 +264,25 @@ async fn pull_mode_end_to_end() {
         ops.get_opt("wiki-backup").await.unwrap()
     })
     .await;
-    ops.patch_status(
-        "wiki-backup",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
-    )
-    .await
-    .unwrap();
+    // The operator's Operation controller creates the Velero Backup; the test plays Velero.
+    let backups: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "velero",
+        &vworkspace_operator::engines::velero::api_resource("Backup"),
+    );
+    let backup_name = format!("{apps_ns}--wiki-backup");
+    eventually("Velero Backup", LONG, || async {
+        backups.get_opt(&backup_name).await.unwrap()
+    })
+    .await;
+    backups
+        .patch(
+            &backup_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Completed"}})),
+        )
+        .await
+        .unwrap();
     let r = result(&admin, "intent-operation").await;
     assert_eq!(r.outcome, "succeeded", "{r:?}");
     assert_eq!(r.applied_ref.unwrap().kind, "Operation");

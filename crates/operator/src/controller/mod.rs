@@ -1,6 +1,7 @@
 //! Controllers: observe → decide (pure, in `crate::flux`) → act.
 
 pub mod application_instance;
+pub mod operation;
 pub mod cluster;
 mod events;
 

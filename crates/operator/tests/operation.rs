@@ -1,0 +1,655 @@
+//! Operation controller against a real kube-apiserver with the Velero CRDs installed; the
+//! test plays Velero and the Job controller by writing their status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testkit::{ControlPlane, fresh_namespace};
+use vworkspace_api::conditions::find;
+use vworkspace_api::operation::Phase;
+use vworkspace_api::{ApplicationInstance, Operation};
+use vworkspace_operator::approval;
+use vworkspace_operator::controller::Context;
+use vworkspace_operator::controller::operation::{self, OperationConfig};
+use vworkspace_operator::engines::velero;
+
+const SECRET: &str = "approval-s3cret";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Env {
+    client: Client,
+    ns: String,
+    velero_ns: String,
+}
+
+async fn setup(prefix: &str) -> Env {
+    let cp = ControlPlane::get().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = fresh_namespace(&client, prefix).await.unwrap();
+    let velero_ns = fresh_namespace(&client, "velero").await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone()));
+    let config = OperationConfig {
+        approval_secret: SECRET.into(),
+        velero_namespace: velero_ns.clone(),
+    };
+    let scope = ns.clone();
+    tokio::spawn(async move { operation::run(ctx, config, Some(&scope)).await });
+    // The target: a placeholder instance declaring its capabilities.
+    let target: ApplicationInstance = serde_json::from_value(json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": {"name": "wiki", "namespace": ns, "annotations": {
+            "ops.vworkspace.io/backup": "velero", "ops.vworkspace.io/restore": "velero",
+            "ops.vworkspace.io/runcommand": "job"}},
+        "spec": {"appRef": {"catalogId": "wiki"}, "mode": "placeholder"}
+    }))
+    .unwrap();
+    Api::<ApplicationInstance>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &target)
+        .await
+        .unwrap();
+    Env {
+        client,
+        ns,
+        velero_ns,
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Env {
+    fn ops(&self) -> Api<Operation> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create(&self, name: &str, t: &str, engine: &str, extra: Value) -> Operation {
+        let mut v = json!({
+            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
+                     "type": t, "engine": engine}
+        });
+        if let Value::Object(m) = extra {
+            for (k, val) in m {
+                v["spec"][k] = val;
+            }
+        }
+        self.ops()
+            .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase) -> Operation {
+        eventually(&format!("{name} {phase:?}"), || async {
+            let op = self.ops().get(name).await.unwrap();
+            (op.status.as_ref()?.phase? == phase).then_some(op)
+        })
+        .await
+    }
+
+    async fn wait_blocked(&self, name: &str, reason: &str) -> String {
+        eventually(&format!("{name} Blocked/{reason}"), || async {
+            let op = self.ops().get(name).await.unwrap();
+            let c = find(&op.status?.conditions, "Blocked")?.clone();
+            (c.status == "True" && c.reason == reason).then_some(c.message)
+        })
+        .await
+    }
+
+    fn velero(&self, kind: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.velero_ns,
+            &velero::api_resource(kind),
+        )
+    }
+
+    /// Plays Velero (its CRDs have no status subresource: status is a plain field).
+    async fn velero_reports(&self, kind: &str, name: &str, status: Value) {
+        self.velero(kind)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Plays the Job controller.
+    async fn job_reports(&self, name: &str, condition: &str, reason: &str) {
+        let now = jiff::Timestamp::now().to_string();
+        let mut status = json!({"conditions": [{"type": condition, "status": "True", "reason": reason,
+            "message": format!("{condition} ({reason})"), "lastTransitionTime": now, "lastProbeTime": now}],
+            "startTime": now});
+        if condition == "Complete" {
+            status["completionTime"] = json!(now);
+            status["succeeded"] = json!(1);
+            status["conditions"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, json!({"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}));
+        } else {
+            status["failed"] = json!(1);
+            status["conditions"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, json!({"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now}));
+        }
+        self.jobs()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn velero_backup_succeeds_and_terminal_is_never_rewritten() {
+    let env = setup("op-backup").await;
+    env.create(
+        "nightly",
+        "Backup",
+        "velero",
+        json!({"parameters": {"ttl": "720h"}}),
+    )
+    .await;
+    let op = env.wait_phase("nightly", Phase::Running).await;
+    let er = op.status.as_ref().unwrap().engine_ref.clone().unwrap();
+    let name = format!("{}--nightly", env.ns);
+    assert_eq!(
+        (
+            er.kind.as_deref(),
+            er.name.as_deref(),
+            er.namespace.as_deref()
+        ),
+        (
+            Some("Backup"),
+            Some(name.as_str()),
+            Some(env.velero_ns.as_str())
+        )
+    );
+    let backup = env.velero("Backup").get(&name).await.unwrap();
+    assert_eq!(backup.data["spec"]["includedNamespaces"], json!([env.ns]));
+    assert_eq!(backup.data["spec"]["ttl"], "720h");
+    assert_eq!(
+        backup.labels()["ops.vworkspace.io/operation"],
+        op.uid().unwrap()
+    );
+
+    env.velero_reports("Backup", &name, json!({"phase": "InProgress"}))
+        .await;
+    env.velero_reports(
+        "Backup",
+        &name,
+        json!({"phase": "Completed", "progress": {"itemsBackedUp": 12}}),
+    )
+    .await;
+    let done = env.wait_phase("nightly", Phase::Succeeded).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.outputs.as_ref().unwrap()["backupName"], name);
+    assert_eq!(status.outputs.as_ref().unwrap()["itemsBackedUp"], "12");
+    assert!(status.finished_at.is_some());
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == done.metadata.generation)
+    );
+
+    // Velero later reports a failure, and the Backup is deleted by its TTL: the
+    // Operation stays exactly as it was.
+    env.velero_reports("Backup", &name, json!({"phase": "Failed"}))
+        .await;
+    env.velero("Backup")
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = env.ops().get("nightly").await.unwrap();
+    assert_eq!(after.status, done.status, "terminal Operation rewritten");
+}
+
+#[tokio::test]
+async fn velero_partial_failure_and_validation_failure() {
+    let env = setup("op-velero-fail").await;
+    env.create("partial", "Backup", "velero", json!({})).await;
+    env.wait_phase("partial", Phase::Running).await;
+    env.velero_reports(
+        "Backup",
+        &format!("{}--partial", env.ns),
+        json!({"phase": "PartiallyFailed", "errors": 3}),
+    )
+    .await;
+    let op = env.wait_phase("partial", Phase::Succeeded).await;
+    let outputs = op.status.unwrap().outputs.unwrap();
+    assert!(outputs.contains_key("warning"), "{outputs:?}");
+    assert_eq!(outputs["errors"], "3");
+
+    env.create("invalid", "Backup", "velero", json!({})).await;
+    env.wait_phase("invalid", Phase::Running).await;
+    env.velero_reports(
+        "Backup",
+        &format!("{}--invalid", env.ns),
+        json!({"phase": "FailedValidation", "validationErrors": ["storage location not found"]}),
+    )
+    .await;
+    let op = env.wait_phase("invalid", Phase::Failed).await;
+    let failed = find(&op.status.as_ref().unwrap().conditions, "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(failed.reason, "VeleroBackupValidationFailed");
+    assert!(failed.message.contains("storage location not found"));
+    let running = find(&op.status.unwrap().conditions, "Running")
+        .unwrap()
+        .clone();
+    assert_eq!(running.status, "False");
+}
+
+#[tokio::test]
+async fn restore_waits_for_a_valid_approval() {
+    let env = setup("op-approval").await;
+    let now = jiff::Timestamp::now().as_second();
+    env.create(
+        "restore",
+        "Restore",
+        "velero",
+        json!({"parameters": {"backupName": "b1"}}),
+    )
+    .await;
+    let m = env.wait_blocked("restore", "AwaitingApproval").await;
+    assert!(m.contains("approval claim required"), "{m}");
+    let ops = env.ops();
+    let set_claim = |claim: String| {
+        let ops = ops.clone();
+        async move {
+            ops.patch(
+                "restore",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"approvals": {"claim": claim}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_claim(approval::issue(
+        "wrong-secret",
+        "restore",
+        "mallory",
+        now + 600,
+    ))
+    .await;
+    eventually("bad signature", || async {
+        let op = env.ops().get("restore").await.unwrap();
+        let c = find(&op.status?.conditions, "Blocked")?.clone();
+        c.message.contains("signature mismatch").then_some(())
+    })
+    .await;
+    set_claim(approval::issue(SECRET, "restore", "alice", now - 10)).await;
+    eventually("expired", || async {
+        let op = env.ops().get("restore").await.unwrap();
+        let c = find(&op.status?.conditions, "Blocked")?.clone();
+        c.message.contains("expired").then_some(())
+    })
+    .await;
+    assert!(
+        env.velero("Restore")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    set_claim(approval::issue(SECRET, "restore", "alice", now + 600)).await;
+    env.wait_phase("restore", Phase::Running).await;
+    let restore = env
+        .velero("Restore")
+        .get(&format!("{}--restore", env.ns))
+        .await
+        .unwrap();
+    assert_eq!(restore.data["spec"]["backupName"], "b1");
+}
+
+#[tokio::test]
+async fn concurrency_gate_parks_and_releases() {
+    let env = setup("op-conflict").await;
+    let claim = approval::issue(
+        SECRET,
+        "restore",
+        "alice",
+        jiff::Timestamp::now().as_second() + 600,
+    );
+    env.create("backup", "Backup", "velero", json!({})).await;
+    env.wait_phase("backup", Phase::Running).await;
+    env.create(
+        "restore",
+        "Restore",
+        "velero",
+        json!({"parameters": {"backupName": "b1"}, "approvals": {"claim": claim}}),
+    )
+    .await;
+    let m = env.wait_blocked("restore", "ConflictingOperation").await;
+    assert!(
+        m.contains("conflicts with operation \"backup\" (Backup)"),
+        "{m}"
+    );
+    // Unrelated types run alongside.
+    env.create(
+        "du",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("du", Phase::Running).await;
+    // The backup finishes: the restore goes on without waiting for a recheck.
+    env.velero_reports(
+        "Backup",
+        &format!("{}--backup", env.ns),
+        json!({"phase": "Completed"}),
+    )
+    .await;
+    env.wait_phase("restore", Phase::Running).await;
+}
+
+#[tokio::test]
+async fn job_success_failure_and_logs_kept() {
+    let env = setup("op-job").await;
+    env.create(
+        "du",
+        "RunCommand",
+        "job",
+        json!({"parameters": {
+        "image": "busybox", "command": ["du", "-sh", "/data"],
+        "env": [{"name": "MODE", "value": "fast"}], "backoffLimit": 0}}),
+    )
+    .await;
+    let op = env.wait_phase("du", Phase::Running).await;
+    let name = format!("{}--du", env.ns);
+    assert_eq!(
+        op.status.unwrap().engine_ref.unwrap().name.as_deref(),
+        Some(name.as_str())
+    );
+    let job = env.jobs().get(&name).await.unwrap();
+    let pod = job.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("vworkspace-operation-runner")
+    );
+    assert_eq!(
+        pod.containers[0].env.as_ref().unwrap()[0].value.as_deref(),
+        Some("fast")
+    );
+    assert_eq!(job.owner_references()[0].kind, "Operation");
+    env.job_reports(&name, "Complete", "CompletionsReached")
+        .await;
+    let op = env.wait_phase("du", Phase::Succeeded).await;
+    assert_eq!(op.status.unwrap().outputs.unwrap()["jobName"], name);
+
+    env.create(
+        "boom",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("boom", Phase::Running).await;
+    let name = format!("{}--boom", env.ns);
+    env.job_reports(&name, "Failed", "BackoffLimitExceeded")
+        .await;
+    let op = env.wait_phase("boom", Phase::Failed).await;
+    let status = op.status.unwrap();
+    assert_eq!(
+        find(&status.conditions, "Failed").unwrap().reason,
+        "JobFailedBackoffExceeded"
+    );
+    let logs = status.logs_ref.unwrap();
+    assert_eq!(
+        (logs.kind.as_deref(), logs.name.as_deref()),
+        (Some("Job"), Some(name.as_str()))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.jobs().get_opt(&name).await.unwrap().is_some(),
+        "failed Job deleted on the spot"
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_timeout_stop_the_workload() {
+    let env = setup("op-cancel").await;
+    env.create(
+        "long",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("long", Phase::Running).await;
+    env.ops()
+        .patch(
+            "long",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .unwrap();
+    let op = env.wait_phase("long", Phase::Cancelled).await;
+    assert_eq!(
+        find(&op.status.as_ref().unwrap().conditions, "Cancelled")
+            .unwrap()
+            .reason,
+        "UserCancelled"
+    );
+    let job = env.jobs().get(&format!("{}--long", env.ns)).await.unwrap();
+    assert_eq!(
+        job.spec.unwrap().suspend,
+        Some(true),
+        "workload not stopped"
+    );
+
+    env.create(
+        "slow",
+        "RunCommand",
+        "job",
+        json!({"timeoutSeconds": 2, "parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("slow", Phase::Running).await;
+    let op = env.wait_phase("slow", Phase::Failed).await;
+    let status = op.status.unwrap();
+    assert_eq!(
+        find(&status.conditions, "Failed").unwrap().reason,
+        "Timeout"
+    );
+    assert!(status.logs_ref.is_some());
+    let job = env.jobs().get(&format!("{}--slow", env.ns)).await.unwrap();
+    assert_eq!(job.spec.unwrap().suspend, Some(true));
+
+    // A Pending Operation can be cancelled too.
+    env.create(
+        "parked",
+        "Restore",
+        "velero",
+        json!({"parameters": {"backupName": "b"}}),
+    )
+    .await;
+    env.wait_blocked("parked", "AwaitingApproval").await;
+    env.ops()
+        .patch(
+            "parked",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .unwrap();
+    env.wait_phase("parked", Phase::Cancelled).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_blocked_with_the_path() {
+    let env = setup("op-invalid").await;
+    env.create(
+        "badenv",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox", "env": [{"value": "x"}]}}),
+    )
+    .await;
+    let m = env.wait_blocked("badenv", "ValidationFailed").await;
+    assert_eq!(m, "spec.parameters.env[0].name: required");
+    env.create(
+        "badsa",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox", "serviceAccountName": "default"}}),
+    )
+    .await;
+    assert!(
+        env.wait_blocked("badsa", "ValidationFailed")
+            .await
+            .contains("serviceAccountName")
+    );
+    env.create("pair", "Backup", "job", json!({})).await;
+    assert!(
+        env.wait_blocked("pair", "ValidationFailed")
+            .await
+            .contains("cannot run on spec.engine job")
+    );
+    env.create(
+        "argo",
+        "Runbook",
+        "workflow",
+        json!({"parameters": {"workflowTemplate": "t"}}),
+    )
+    .await;
+    env.wait_blocked("argo", "DependencyMissing").await;
+    // Missing capability, then declared: re-evaluated on the target's change.
+    let targets: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &env.ns);
+    targets
+        .patch(
+            "wiki",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ops.vworkspace.io/runcommand": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    env.create(
+        "nocap",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_blocked("nocap", "CapabilityMissing").await;
+    targets
+        .patch(
+            "wiki",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ops.vworkspace.io/runcommand": "job"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    env.wait_phase("nocap", Phase::Running).await;
+    // A missing target, created later.
+    let mut v = json!({"parameters": {"image": "busybox"}});
+    v["targetRef"] = json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "later"});
+    env.create("orphan", "RunCommand", "job", v).await;
+    assert!(
+        env.wait_blocked("orphan", "TargetNotFound")
+            .await
+            .contains("\"later\"")
+    );
+}
+
+#[tokio::test]
+async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
+    let env = setup("op-delete").await;
+    env.create(
+        "running",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("running", Phase::Running).await;
+    env.ops()
+        .delete("running", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("operation gone", || async {
+        env.ops()
+            .get_opt("running")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("job gone", || async {
+        let j = env
+            .jobs()
+            .get_opt(&format!("{}--running", env.ns))
+            .await
+            .unwrap();
+        (j.is_none() || j.is_some_and(|j| j.metadata.deletion_timestamp.is_some())).then_some(())
+    })
+    .await;
+
+    env.create(
+        "done",
+        "RunCommand",
+        "job",
+        json!({"parameters": {"image": "busybox"}}),
+    )
+    .await;
+    env.wait_phase("done", Phase::Running).await;
+    let name = format!("{}--done", env.ns);
+    env.job_reports(&name, "Complete", "CompletionsReached")
+        .await;
+    env.wait_phase("done", Phase::Succeeded).await;
+    env.ops()
+        .delete("done", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Owned through an owner reference: kube-controller-manager's garbage collector.
+    eventually("job collected", || async {
+        env.jobs()
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
