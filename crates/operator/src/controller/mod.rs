@@ -1,9 +1,9 @@
 //! Controllers: observe → decide (pure, in `crate::flux`) → act.
 
 pub mod application_instance;
-pub mod operation;
 pub mod cluster;
 mod events;
+pub mod operation;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
