@@ -358,9 +358,12 @@ async fn run(args: RunArgs) -> Result<()> {
         leadership.clone(),
         shutdown.clone(),
     ));
+    // Settings without a flag keep their documented defaults.
+    #[allow(clippy::needless_update)]
     let op_config = OperationConfig {
         approval_secret: args.approval_claim_secret.clone(),
         velero_namespace: args.velero_namespace.clone(),
+        ..OperationConfig::default()
     };
     let controllers = async move {
         tokio::join!(
