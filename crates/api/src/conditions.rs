@@ -166,6 +166,15 @@ pub mod op_reasons {
     pub const TIMEOUT: &str = "Timeout";
     pub const HOOK_NOT_FOUND: &str = "HookNotFound";
     pub const USER_CANCELLED: &str = "UserCancelled";
+    pub const HOOK_REQUIRES_RELEASE: &str = "HookRequiresRelease";
+    pub const SOURCE_PVC_NOT_FOUND: &str = "SourcePvcNotFound";
+    pub const WORKFLOW_FAILED: &str = "WorkflowFailed";
+    pub const WORKFLOW_ERROR: &str = "WorkflowError";
+    pub const HELM_HOOK_JOB_FAILED: &str = "HelmHookJobFailed";
+    pub const HELM_UPGRADE_FAILED: &str = "HelmUpgradeFailed";
+    pub const VOLUME_SNAPSHOT_FAILED: &str = "VolumeSnapshotFailed";
+    pub const VOLSYNC_SYNC_FAILED: &str = "VolSyncSyncFailed";
+    pub const WORKLOAD_MISSING: &str = "WorkloadMissing";
 }
 
 /// Cluster reasons (§5.4).

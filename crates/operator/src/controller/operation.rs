@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -29,7 +33,11 @@ use vworkspace_api::operation::{
 
 use super::Context;
 use super::events::publish_transitions;
-use crate::engines::{self, EngineStatus, Template, job, params, velero};
+use crate::engines::volsync as volsync_engine;
+use crate::engines::{
+    self, EngineStatus, Template, csi_snapshot, helm, helm_hook, job, params, velero, workflow,
+};
+use crate::kinds::{argo, snapshot, volsync};
 
 /// Settings of the Operation controller (CLI flags in main.rs).
 #[derive(Clone, Debug)]
@@ -99,6 +107,19 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         }
     };
     let pending_for2 = pending_for.clone();
+    // An Upgrade follows its target: a Running helm Operation is woken by the instance.
+    let upgrades_of = {
+        let store = controller.store();
+        move |ns: Option<String>, target: String| {
+            store
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && o.spec.target_ref.name == target)
+                .filter(|o| o.spec.engine == Engine::Helm && phase(o) == Some(Phase::Running))
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        }
+    };
     let targets: Api<ApplicationInstance> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -109,6 +130,7 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     };
     let by_uid3 = by_uid.clone();
     let labelled = watcher::Config::default().labels(keys::LABEL_OPERATION);
+    let labelled_more = labelled.clone();
     let jobs: Api<Job> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -116,12 +138,29 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     let backups = velero::api_resource("Backup");
     let restores = velero::api_resource("Restore");
     let velero_ns = config.velero_namespace.clone();
+    let scoped = |ar: &ApiResource| -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        }
+    };
+    let (workflows, sources, snapshots) = (
+        argo::workflow(),
+        volsync::replication_source(),
+        snapshot::volume_snapshot(),
+    );
+    let (wf_api, rs_api, vs_api) = (scoped(&workflows), scoped(&sources), scoped(&snapshots));
+    let (by_uid4, by_uid5, by_uid6) = (by_uid.clone(), by_uid.clone(), by_uid.clone());
     let ctx = Arc::new(Ctx { base: ctx, config });
     controller
         .watches(
             targets,
             watcher::Config::default(),
-            move |t: ApplicationInstance| pending_for(t.namespace(), t.name_any(), None),
+            move |t: ApplicationInstance| {
+                let mut refs = pending_for(t.namespace(), t.name_any(), None);
+                refs.extend(upgrades_of(t.namespace(), t.name_any()));
+                refs
+            },
         )
         .watches(peers, watcher::Config::default(), move |o: Operation| {
             pending_for2(o.namespace(), o.spec.target_ref.name.clone(), o.uid())
@@ -139,6 +178,15 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
             labelled,
             move |b| by_uid3(b.labels()),
         )
+        .watches_with(wf_api, workflows, labelled_more.clone(), move |o| {
+            by_uid4(o.labels())
+        })
+        .watches_with(rs_api, sources, labelled_more.clone(), move |o| {
+            by_uid5(o.labels())
+        })
+        .watches_with(vs_api, snapshots, labelled_more, move |o| {
+            by_uid6(o.labels())
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -195,6 +243,9 @@ impl Draft {
     }
 
     fn terminal(&mut self, phase: Phase, reason: &str, message: String) {
+        if let Some(outputs) = self.status.outputs.as_mut() {
+            helm::public_outputs(outputs);
+        }
         self.status.phase = Some(phase);
         self.status.finished_at = Some(self.now.clone());
         let (t, running_msg) = match phase {
@@ -266,7 +317,7 @@ async fn reconcile(op: Arc<Operation>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let terminal = phase(&op).is_some_and(Phase::is_terminal);
     if op.metadata.deletion_timestamp.is_some() {
         if !terminal {
-            stop_workload(&ctx, &op, true).await?;
+            stop_workload(&ctx, &op, Stop::Delete).await?;
         }
         if op
             .finalizers()
@@ -292,7 +343,7 @@ async fn reconcile(op: Arc<Operation>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut draft = Draft::new(&op);
 
     if op.spec.cancel == Some(true) {
-        stop_workload(&ctx, &op, false).await?;
+        stop_workload(&ctx, &op, Stop::Cancel).await?;
         draft.status.logs_ref = logs_ref(&op);
         draft.terminal(
             Phase::Cancelled,
@@ -325,10 +376,15 @@ async fn reconcile(op: Arc<Operation>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             return Ok(Action::requeue(BLOCKED_RECHECK));
         }
     };
-    let target_ns = target_namespace(&target);
-    match materialize(&ctx, &op, &target_ns).await? {
-        Ok(engine_ref) => {
+    match materialize(&ctx, &op, &target).await? {
+        Started::Ok {
+            engine_ref,
+            outputs,
+        } => {
             draft.status.engine_ref = Some(engine_ref);
+            if outputs.is_some() {
+                draft.status.outputs = outputs;
+            }
             draft.status.phase = Some(Phase::Running);
             draft.status.started_at = Some(draft.now.clone());
             draft.set(types::BLOCKED, FALSE, r::UNBLOCKED, "");
@@ -342,10 +398,15 @@ async fn reconcile(op: Arc<Operation>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             write(&ctx, &op, draft).await?;
             Ok(timeout_requeue(&op, Some(&jiff::Timestamp::now())))
         }
-        Err(message) => {
-            draft.terminal(Phase::Failed, r::ENGINE_FAILED, message);
+        Started::Failed { reason, message } => {
+            draft.terminal(Phase::Failed, &reason, message);
             write(&ctx, &op, draft).await?;
             Ok(Action::await_change())
+        }
+        Started::Blocked { reason, message } => {
+            draft.blocked(reason, message);
+            write(&ctx, &op, draft).await?;
+            Ok(Action::requeue(BLOCKED_RECHECK))
         }
     }
 }
@@ -522,80 +583,312 @@ async fn gates(ctx: &Ctx, op: &Operation, template: &Template) -> Result<Gate, E
     Ok(Ok(target))
 }
 
-/// Creates the workload. `Ok(Err(message))` is a failure of the Operation (ownership
-/// conflict, bad input the builder found).
+/// What materialization did.
+enum Started {
+    /// The workload exists; `outputs` are recorded right away (helm's revert data).
+    Ok {
+        engine_ref: EngineRef,
+        outputs: Option<BTreeMap<String, String>>,
+    },
+    /// A failure of the Operation (ownership conflict, hook not found, bad input).
+    Failed { reason: String, message: String },
+    /// Something the Operation needs is missing but may appear: stays Pending.
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+fn failed(reason: &str, message: impl Into<String>) -> Started {
+    Started::Failed {
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn started(kind: &str, name: String, namespace: &str) -> Started {
+    Started::Ok {
+        engine_ref: EngineRef {
+            kind: Some(kind.into()),
+            name: Some(name),
+            namespace: Some(namespace.into()),
+        },
+        outputs: None,
+    }
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+        ..Default::default()
+    }
+}
+
+fn dynamic(client: Client, ns: &str, ar: &ApiResource) -> Api<DynamicObject> {
+    Api::namespaced_with(client, ns, ar)
+}
+
+/// Creates `obj` unless an object of that name exists; an existing one must carry this
+/// Operation's UID (it is ours from an earlier pass), otherwise it belongs to somebody
+/// else and the Operation fails instead of taking it over.
+async fn create_owned(
+    api: &Api<DynamicObject>,
+    ar: &ApiResource,
+    mut obj: DynamicObject,
+    uid: &str,
+) -> Result<Result<String, String>, Error> {
+    let name = obj.name_any();
+    match api.get_opt(&name).await? {
+        Some(existing)
+            if existing
+                .labels()
+                .get(keys::LABEL_OPERATION)
+                .map(String::as_str)
+                != Some(uid) =>
+        {
+            Ok(Err(format!(
+                "{} {}/{name} exists and belongs to another operation",
+                ar.kind,
+                api_ns(&existing)
+            )))
+        }
+        Some(_) => Ok(Ok(name)),
+        None => {
+            obj.types = Some(kube::core::TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            });
+            match api.create(&post_params(), &obj).await {
+                Ok(_) => Ok(Ok(name)),
+                // Raced with ourselves: the next pass sees it and checks the label.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ok(name)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn api_ns(o: &DynamicObject) -> String {
+    o.namespace().unwrap_or_default()
+}
+
+async fn create_job(api: &Api<Job>, job: &Job, uid: &str) -> Result<Result<String, String>, Error> {
+    let name = job.name_any();
+    let ns = job.namespace().unwrap_or_default();
+    match api.get_opt(&name).await? {
+        Some(existing)
+            if existing
+                .labels()
+                .get(keys::LABEL_OPERATION)
+                .map(String::as_str)
+                != Some(uid) =>
+        {
+            Ok(Err(format!(
+                "Job {ns}/{name} exists and belongs to another operation"
+            )))
+        }
+        Some(_) => Ok(Ok(name)),
+        None => match api.create(&post_params(), job).await {
+            Ok(_) => Ok(Ok(name)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ok(name)),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// Creates the workload (observe what it needs → pure builder → create).
 async fn materialize(
     ctx: &Ctx,
     op: &Operation,
-    target_ns: &str,
-) -> Result<Result<EngineRef, String>, Error> {
+    target: &ApplicationInstance,
+) -> Result<Started, Error> {
+    let target_ns = target_namespace(target);
+    let target_ns = target_ns.as_str();
     let uid = op.uid().unwrap_or_default();
     let client = ctx.base.client.clone();
-    let owned_by_us = |labels: &BTreeMap<String, String>| {
-        labels.get(keys::LABEL_OPERATION).map(String::as_str) == Some(uid.as_str())
-    };
     match op.spec.engine {
         Engine::Job => {
             let job = match job::build(op, target_ns) {
                 Ok(j) => j,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
             };
-            let name = job.name_any();
             let api: Api<Job> = Api::namespaced(client, target_ns);
-            match api.get_opt(&name).await? {
-                Some(existing) if !owned_by_us(existing.labels()) => {
-                    return Ok(Err(format!(
-                        "Job {target_ns}/{name} exists and belongs to another operation"
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    api.create(&PostParams::default(), &job).await?;
-                }
-            }
-            Ok(Ok(EngineRef {
-                kind: Some("Job".into()),
-                name: Some(name),
-                namespace: Some(target_ns.into()),
-            }))
+            Ok(match create_job(&api, &job, &uid).await? {
+                Ok(name) => started("Job", name, target_ns),
+                Err(e) => failed(r::ENGINE_FAILED, e),
+            })
         }
         Engine::Velero => {
             let obj = match velero::build(op, target_ns, &ctx.config.velero_namespace) {
                 Ok(o) => o,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
             };
             let kind = velero::kind_for(op.spec.r#type).unwrap_or("Backup");
             let ar = velero::api_resource(kind);
-            let name = obj.name_any();
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client, &ctx.config.velero_namespace, &ar);
-            match api.get_opt(&name).await? {
-                Some(existing) if !owned_by_us(existing.labels()) => {
-                    return Ok(Err(format!(
-                        "Velero {kind} {}/{name} exists and belongs to another operation",
-                        ctx.config.velero_namespace
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    let mut obj = obj;
-                    obj.types = Some(kube::core::TypeMeta {
-                        api_version: "velero.io/v1".into(),
-                        kind: kind.into(),
+            let api = dynamic(client, &ctx.config.velero_namespace, &ar);
+            Ok(match create_owned(&api, &ar, obj, &uid).await? {
+                Ok(name) => started(kind, name, &ctx.config.velero_namespace),
+                Err(e) => failed(r::ENGINE_FAILED, e),
+            })
+        }
+        Engine::Workflow => {
+            let obj = match workflow::build(op, target_ns) {
+                Ok(o) => o,
+                Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
+            };
+            // A template that does not exist yet may still be installed: wait for it.
+            if !workflow::cluster_scope(op) {
+                let template = workflow::template_name(op).unwrap_or_default();
+                let templates = dynamic(client.clone(), target_ns, &argo::workflow_template());
+                if templates.get_opt(&template).await?.is_none() {
+                    return Ok(Started::Blocked {
+                        reason: r::DEPENDENCY_MISSING,
+                        message: format!(
+                            "WorkflowTemplate {target_ns}/{template} not found (spec.parameters.workflowTemplate)"
+                        ),
                     });
-                    api.create(&PostParams::default(), &obj).await?;
                 }
             }
-            Ok(Ok(EngineRef {
-                kind: Some(kind.into()),
-                name: Some(name),
-                namespace: Some(ctx.config.velero_namespace.clone()),
-            }))
+            let ar = argo::workflow();
+            let api = dynamic(client, target_ns, &ar);
+            Ok(match create_owned(&api, &ar, obj, &uid).await? {
+                Ok(name) => started("Workflow", name, target_ns),
+                Err(e) => failed(r::ENGINE_FAILED, e),
+            })
         }
-        other => Ok(Err(format!(
-            "engine {} is not implemented in this build",
-            engines::engine_name(other)
-        ))),
+        Engine::Volsync => {
+            let obj = match volsync_engine::build(op, target_ns) {
+                Ok(o) => o,
+                Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
+            };
+            let ar = volsync::replication_source();
+            let api = dynamic(client, target_ns, &ar);
+            Ok(match create_owned(&api, &ar, obj, &uid).await? {
+                Ok(name) => started("ReplicationSource", name, target_ns),
+                Err(e) => failed(r::ENGINE_FAILED, e),
+            })
+        }
+        Engine::CsiSnapshot => {
+            let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), target_ns)
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let names = match csi_snapshot::select_pvcs(op, target, &pvcs) {
+                Ok(n) => n,
+                Err(e) => return Ok(failed(r::SOURCE_PVC_NOT_FOUND, e)),
+            };
+            let ar = snapshot::volume_snapshot();
+            let api = dynamic(client, target_ns, &ar);
+            let mut first = None;
+            for obj in csi_snapshot::build(op, target_ns, &names) {
+                match create_owned(&api, &ar, obj, &uid).await? {
+                    Ok(name) => {
+                        first.get_or_insert(name);
+                    }
+                    Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
+                }
+            }
+            Ok(started(
+                "VolumeSnapshot",
+                first.unwrap_or_default(),
+                target_ns,
+            ))
+        }
+        Engine::HelmHookJob => {
+            let Some(release) = helm_hook::release_name(target) else {
+                let e = helm_hook::HookError::NoRelease(format!(
+                    "ApplicationInstance {:?} has no Helm release (placeholder): no hook to run",
+                    target.name_any()
+                ));
+                return Ok(failed(e.reason(), e.message()));
+            };
+            let secrets = Api::<Secret>::namespaced(client.clone(), target_ns)
+                .list(&ListParams::default().labels(&format!("owner=helm,name={release}")))
+                .await?
+                .items;
+            let Some(secret) = helm_hook::pick_release_secret(&secrets, &release) else {
+                return Ok(failed(
+                    r::HOOK_NOT_FOUND,
+                    format!(
+                        "no Helm release storage Secret sh.helm.release.v1.{release}.v<N> in namespace {target_ns}"
+                    ),
+                ));
+            };
+            let data = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("release"))
+                .map(|b| b.0.clone())
+                .unwrap_or_default();
+            let hook_name =
+                engines::str_param(&engines::parameters(op), "hookName").unwrap_or_default();
+            let hook = helm_hook::decode_release(&data)
+                .map_err(helm_hook::HookError::Unreadable)
+                .and_then(|rel| helm_hook::find_hook(&rel, &hook_name));
+            let (hook, events) = match hook {
+                Ok(h) => h,
+                Err(e) => {
+                    return Ok(failed(
+                        e.reason(),
+                        format!("{}: {}", secret.name_any(), e.message()),
+                    ));
+                }
+            };
+            let job = helm_hook::build(op, target_ns, &hook);
+            let api: Api<Job> = Api::namespaced(client, target_ns);
+            Ok(match create_job(&api, &job, &uid).await? {
+                Ok(name) => Started::Ok {
+                    engine_ref: EngineRef {
+                        kind: Some("Job".into()),
+                        name: Some(name),
+                        namespace: Some(target_ns.into()),
+                    },
+                    outputs: Some(BTreeMap::from([
+                        ("hookName".to_string(), hook_name),
+                        ("hookEvents".to_string(), events.join(",")),
+                        ("releaseSecret".to_string(), secret.name_any()),
+                    ])),
+                },
+                Err(e) => failed(r::ENGINE_FAILED, e),
+            })
+        }
+        Engine::Helm => {
+            let plan = match helm::plan(op, target) {
+                Ok(p) => p,
+                Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
+            };
+            let api: Api<ApplicationInstance> =
+                Api::namespaced(client, &target.namespace().unwrap_or_default());
+            let patched = api
+                .patch(
+                    &target.name_any(),
+                    &PatchParams {
+                        field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(&plan.patch),
+                )
+                .await;
+            let patched = match patched {
+                Ok(p) => p,
+                // The apiserver refused the change (schema/CEL): a failure, not a retry.
+                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                    return Ok(failed(
+                        r::ENGINE_FAILED,
+                        format!("the ApplicationInstance rejected the change: {}", s.message),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Started::Ok {
+                engine_ref: EngineRef {
+                    kind: Some("ApplicationInstance".into()),
+                    name: Some(patched.name_any()),
+                    namespace: patched.namespace(),
+                },
+                outputs: Some(helm::start_outputs(&plan, patched.metadata.generation)),
+            })
+        }
     }
 }
 
@@ -614,61 +907,148 @@ fn logs_ref(op: &Operation) -> Option<LogsRef> {
     })
 }
 
+fn recorded_outputs(op: &Operation) -> BTreeMap<String, String> {
+    op.status
+        .as_ref()
+        .and_then(|s| s.outputs.clone())
+        .unwrap_or_default()
+}
+
+fn uid_selector(op: &Operation) -> ListParams {
+    ListParams::default().labels(&format!(
+        "{}={}",
+        keys::LABEL_OPERATION,
+        op.uid().unwrap_or_default()
+    ))
+}
+
 /// Reads the workload's state; `None` when it is gone.
 async fn workload_status(ctx: &Ctx, op: &Operation) -> Result<Option<EngineStatus>, Error> {
     let Some((kind, name, ns)) = engine_ref(op) else {
         return Ok(None);
     };
     let client = ctx.base.client.clone();
+    let get = |ar: ApiResource| {
+        let client = client.clone();
+        let ns = ns.clone();
+        let name = name.clone();
+        async move {
+            let obj = dynamic(client, &ns, &ar).get_opt(&name).await?;
+            Ok::<_, Error>(obj.map(|mut o| {
+                o.types = Some(kube::core::TypeMeta {
+                    api_version: ar.api_version.clone(),
+                    kind: ar.kind.clone(),
+                });
+                o
+            }))
+        }
+    };
     Ok(match kind.as_str() {
+        "Job" if op.spec.engine == Engine::HelmHookJob => Api::<Job>::namespaced(client, &ns)
+            .get_opt(&name)
+            .await?
+            .map(|j| helm_hook::status(&j)),
         "Job" => Api::<Job>::namespaced(client, &ns)
             .get_opt(&name)
             .await?
             .map(|j| job::status(&j)),
-        "Backup" | "Restore" => {
-            let ar = velero::api_resource(&kind);
-            Api::<DynamicObject>::namespaced_with(client, &ns, &ar)
-                .get_opt(&name)
+        "Backup" | "Restore" => get(velero::api_resource(&kind))
+            .await?
+            .map(|o| velero::status(&o)),
+        "Workflow" => get(argo::workflow()).await?.map(|o| workflow::status(&o)),
+        "ReplicationSource" => get(volsync::replication_source())
+            .await?
+            .map(|o| volsync_engine::status(&o)),
+        "VolumeSnapshot" => {
+            let snaps = dynamic(client, &ns, &snapshot::volume_snapshot())
+                .list(&uid_selector(op))
                 .await?
-                .map(|mut o| {
-                    o.types = Some(kube::core::TypeMeta {
-                        api_version: "velero.io/v1".into(),
-                        kind: kind.clone(),
-                    });
-                    velero::status(&o)
-                })
+                .items;
+            (!snaps.is_empty()).then(|| csi_snapshot::status(&snaps))
         }
+        "ApplicationInstance" => Api::<ApplicationInstance>::namespaced(client, &ns)
+            .get_opt(&name)
+            .await?
+            .map(|t| helm::status(&t, &recorded_outputs(op))),
         _ => None,
     })
 }
 
-/// Stops a running workload. Jobs are suspended (their pods end, the Job and its logs
-/// stay until the TTL) unless `delete` (the Operation itself is being deleted: background
-/// propagation so pods go too). Velero objects are deleted: Velero has no pause.
-async fn stop_workload(ctx: &Ctx, op: &Operation, delete: bool) -> Result<(), Error> {
+/// Why a workload is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// `spec.cancel`: stop, keep what has logs.
+    Cancel,
+    /// `timeoutSeconds` passed: stop, keep everything for inspection.
+    Timeout,
+    /// The Operation is being deleted: remove it.
+    Delete,
+}
+
+/// Stops a running workload. Jobs are suspended (pods end, the Job and its logs stay
+/// until the TTL), Workflows are terminated (`spec.shutdown`), ReplicationSources are
+/// paused; on deletion each is deleted with background propagation. Velero has no pause:
+/// its object is deleted. Snapshots are deleted on cancel and deletion, kept on timeout.
+/// An Upgrade is reverted on cancel and timeout (if the instance still holds the
+/// version it wrote) and left alone on deletion.
+async fn stop_workload(ctx: &Ctx, op: &Operation, why: Stop) -> Result<(), Error> {
     let Some((kind, name, ns)) = engine_ref(op) else {
         return Ok(());
     };
     let client = ctx.base.client.clone();
-    let result = match kind.as_str() {
-        "Job" if delete => Api::<Job>::namespaced(client, &ns)
-            .delete(&name, &DeleteParams::background())
+    let merge = |v: serde_json::Value| Patch::Merge(v);
+    let pp = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+        ..Default::default()
+    };
+    let bg = DeleteParams::background();
+    let result = match (kind.as_str(), why) {
+        ("Job", Stop::Delete) => Api::<Job>::namespaced(client, &ns)
+            .delete(&name, &bg)
             .await
             .map(|_| ()),
-        "Job" => Api::<Job>::namespaced(client, &ns)
+        ("Job", _) => Api::<Job>::namespaced(client, &ns)
+            .patch(&name, &pp, &merge(json!({"spec": {"suspend": true}})))
+            .await
+            .map(|_| ()),
+        ("Backup" | "Restore", _) => dynamic(client, &ns, &velero::api_resource(&kind))
+            .delete(&name, &bg)
+            .await
+            .map(|_| ()),
+        ("Workflow", Stop::Delete) => dynamic(client, &ns, &argo::workflow())
+            .delete(&name, &bg)
+            .await
+            .map(|_| ()),
+        ("Workflow", _) => dynamic(client, &ns, &argo::workflow())
             .patch(
                 &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"suspend": true}})),
+                &pp,
+                &merge(json!({"spec": {"shutdown": "Terminate"}})),
             )
             .await
             .map(|_| ()),
-        "Backup" | "Restore" => {
-            let ar = velero::api_resource(&kind);
-            Api::<DynamicObject>::namespaced_with(client, &ns, &ar)
-                .delete(&name, &DeleteParams::background())
-                .await
-                .map(|_| ())
+        ("ReplicationSource", Stop::Delete) => dynamic(client, &ns, &volsync::replication_source())
+            .delete(&name, &bg)
+            .await
+            .map(|_| ()),
+        ("ReplicationSource", _) => dynamic(client, &ns, &volsync::replication_source())
+            .patch(&name, &pp, &merge(json!({"spec": {"paused": true}})))
+            .await
+            .map(|_| ()),
+        ("VolumeSnapshot", Stop::Timeout) => Ok(()),
+        ("VolumeSnapshot", _) => dynamic(client, &ns, &snapshot::volume_snapshot())
+            .delete_collection(&bg, &uid_selector(op))
+            .await
+            .map(|_| ()),
+        ("ApplicationInstance", Stop::Cancel | Stop::Timeout) => {
+            let api = Api::<ApplicationInstance>::namespaced(client, &ns);
+            match api.get_opt(&name).await? {
+                Some(target) => match helm::revert(&target, &recorded_outputs(op)) {
+                    Some(patch) => api.patch(&name, &pp, &merge(patch)).await.map(|_| ()),
+                    None => Ok(()),
+                },
+                None => Ok(()),
+            }
         }
         _ => Ok(()),
     };
@@ -701,7 +1081,7 @@ async fn observe(ctx: &Ctx, op: &Operation, mut draft: Draft) -> Result<Action, 
     if let (Some(t), Some(s)) = (op.spec.timeout_seconds, started)
         && jiff::Timestamp::now().duration_since(s).as_secs() >= t
     {
-        stop_workload(ctx, op, false).await?;
+        stop_workload(ctx, op, Stop::Timeout).await?;
         draft.status.logs_ref = logs_ref(op);
         draft.terminal(
             Phase::Failed,
@@ -733,7 +1113,7 @@ async fn observe(ctx: &Ctx, op: &Operation, mut draft: Draft) -> Result<Action, 
             Ok(timeout_requeue(op, started.as_ref()))
         }
         Some(EngineStatus::Succeeded { message, outputs }) => {
-            draft.status.outputs = Some(outputs);
+            draft.status.outputs.get_or_insert_default().extend(outputs);
             draft.terminal(Phase::Succeeded, r::ENGINE_COMPLETED, message);
             write(ctx, op, draft).await?;
             Ok(Action::await_change())
@@ -743,7 +1123,7 @@ async fn observe(ctx: &Ctx, op: &Operation, mut draft: Draft) -> Result<Action, 
             message,
             outputs,
         }) => {
-            draft.status.outputs = Some(outputs);
+            draft.status.outputs.get_or_insert_default().extend(outputs);
             draft.status.logs_ref = logs_ref(op);
             draft.terminal(Phase::Failed, &reason, message);
             write(ctx, op, draft).await?;

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
+use kube::ResourceExt;
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use vworkspace_api::keys;
 use vworkspace_api::operation::Operation;
 
 use super::{EngineStatus, RUNNER_SERVICE_ACCOUNT, workload_name};
@@ -29,20 +28,7 @@ fn int(v: Option<&Value>) -> Option<i64> {
 }
 
 pub fn labels(op: &Operation) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            keys::LABEL_MANAGED_BY.to_string(),
-            keys::MANAGED_BY_OPERATOR.to_string(),
-        ),
-        (
-            keys::LABEL_OPERATION.to_string(),
-            op.uid().unwrap_or_default(),
-        ),
-        (
-            keys::LABEL_APPLICATION_INSTANCE.to_string(),
-            op.spec.target_ref.name.clone(),
-        ),
-    ])
+    super::workload_labels(op)
 }
 
 /// The Job for `op`; parameters were validated before.
@@ -59,14 +45,7 @@ pub fn build(op: &Operation, target_ns: &str) -> Result<Job, String> {
         None => None,
     };
     let labels = labels(op);
-    let owner = (op.namespace().as_deref() == Some(target_ns))
-        .then(|| op.controller_owner_ref(&()))
-        .flatten()
-        .map(|mut o| {
-            // A plain owner: garbage collection without making the Job a "controlled" child.
-            o.controller = None;
-            vec![o]
-        });
+    let owner = super::owner_refs(op, target_ns);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(workload_name(op)),
@@ -77,7 +56,8 @@ pub fn build(op: &Operation, target_ns: &str) -> Result<Job, String> {
         },
         spec: Some(JobSpec {
             backoff_limit: int(p.get("backoffLimit")).map(|n| n as i32),
-            active_deadline_seconds: int(p.get("activeDeadlineSeconds")),
+            active_deadline_seconds: int(p.get("activeDeadlineSeconds"))
+                .or_else(|| int(p.get("timeoutSeconds"))),
             ttl_seconds_after_finished: Some(
                 int(p.get("ttlSecondsAfterFinished"))
                     .map(|n| n as i32)

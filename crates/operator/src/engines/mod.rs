@@ -2,13 +2,21 @@
 //! pure builders and status mappers of each engine (one module per engine). No client in
 //! scope; `controller::operation` observes, calls these, and applies the results.
 
+pub mod csi_snapshot;
+pub mod helm;
+pub mod helm_hook;
 pub mod job;
 pub mod params;
 pub mod velero;
+pub mod volsync;
+pub mod workflow;
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use vworkspace_api::keys;
 use vworkspace_api::operation::{Engine, Operation, OperationType};
 
 /// The only ServiceAccount Job/Workflow pods may run as.
@@ -59,7 +67,7 @@ pub const TEMPLATES: &[Template] = &[
         engine: Engine::Helm,
         verb: "upgrade",
         approval_by_default: false,
-        implemented: false,
+        implemented: true,
     },
     Template {
         name: "migration.helmHookJob",
@@ -67,7 +75,7 @@ pub const TEMPLATES: &[Template] = &[
         engine: Engine::HelmHookJob,
         verb: "migration",
         approval_by_default: false,
-        implemented: false,
+        implemented: true,
     },
     Template {
         name: "runbook.workflow",
@@ -75,23 +83,25 @@ pub const TEMPLATES: &[Template] = &[
         engine: Engine::Workflow,
         verb: "runbook",
         approval_by_default: false,
-        implemented: false,
+        implemented: true,
     },
     Template {
         name: "backup.volsync",
         r#type: OperationType::Backup,
         engine: Engine::Volsync,
-        verb: "backup",
+        // Not `backup`: a target may declare one engine per verb, and `backup` is
+        // normally Velero's.
+        verb: "replicate",
         approval_by_default: false,
-        implemented: false,
+        implemented: true,
     },
     Template {
         name: "backup.csiSnapshot",
         r#type: OperationType::Backup,
         engine: Engine::CsiSnapshot,
-        verb: "backup",
+        verb: "snapshot",
         approval_by_default: false,
-        implemented: false,
+        implemented: true,
     },
 ];
 
@@ -123,6 +133,60 @@ pub fn workload_name(op: &Operation) -> String {
     } else {
         format!("op-{}", op.uid().unwrap_or_default())
     }
+}
+
+/// Labels on every workload: managed-by, the Operation UID (ownership proof) and the
+/// target instance.
+pub fn workload_labels(op: &Operation) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            keys::LABEL_MANAGED_BY.to_string(),
+            keys::MANAGED_BY_OPERATOR.to_string(),
+        ),
+        (
+            keys::LABEL_OPERATION.to_string(),
+            op.uid().unwrap_or_default(),
+        ),
+        (
+            keys::LABEL_APPLICATION_INSTANCE.to_string(),
+            op.spec.target_ref.name.clone(),
+        ),
+    ])
+}
+
+/// A plain (non-controller) owner reference to the Operation when the workload lives in
+/// the Operation's namespace (cross-namespace owners are invalid): the garbage collector
+/// removes the workload with the Operation.
+pub fn owner_refs(op: &Operation, workload_ns: &str) -> Option<Vec<OwnerReference>> {
+    (op.namespace().as_deref() == Some(workload_ns))
+        .then(|| op.controller_owner_ref(&()))
+        .flatten()
+        .map(|mut o| {
+            o.controller = None;
+            vec![o]
+        })
+}
+
+/// `spec.parameters` as an object (absent = empty).
+pub fn parameters(op: &Operation) -> serde_json::Map<String, Value> {
+    match &op.spec.parameters {
+        Some(Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A string parameter, trimmed, if present and non-empty.
+pub fn str_param(p: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    p.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+/// A DNS-1123 name for a child: `base` when it fits in `max` characters, else `fallback`.
+pub fn fit_name(base: String, max: usize, fallback: impl FnOnce() -> String) -> String {
+    if base.len() <= max { base } else { fallback() }
 }
 
 /// What an engine says about its workload.

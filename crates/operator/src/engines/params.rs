@@ -19,6 +19,8 @@ enum Kind {
     EnvList,
     /// Go-style duration such as `720h`, `90m`, `30s`.
     Duration,
+    /// One of the listed strings.
+    Enum(&'static [&'static str]),
 }
 
 struct Field {
@@ -66,6 +68,9 @@ const RUNCOMMAND_JOB: &[Field] = &[
     f("args", Kind::StringList),
     f("env", Kind::EnvList),
     f("activeDeadlineSeconds", Kind::Int(1)),
+    // Accepted for compatibility with the original schema: becomes the Job's
+    // activeDeadlineSeconds when that is not given.
+    f("timeoutSeconds", Kind::Int(1)),
     f("backoffLimit", Kind::Int(0)),
     f("ttlSecondsAfterFinished", Kind::Int(0)),
     f("serviceAccountName", Kind::NonEmptyString),
@@ -78,12 +83,36 @@ const MIGRATION_HELMHOOKJOB: &[Field] = &[
     req("hookName", Kind::NonEmptyString),
     f("activeDeadlineSeconds", Kind::Int(1)),
     f("backoffLimit", Kind::Int(0)),
+    f("ttlSecondsAfterFinished", Kind::Int(0)),
     f("serviceAccountName", Kind::NonEmptyString),
 ];
 const RUNBOOK_WORKFLOW: &[Field] = &[
-    req("workflowTemplate", Kind::NonEmptyString),
+    // Exactly one of `workflowTemplate` and its alias `template` (checked below).
+    f("workflowTemplate", Kind::NonEmptyString),
+    f("template", Kind::NonEmptyString),
+    f("clusterScope", Kind::Bool),
     f("workflowTemplateParameters", Kind::StringMap),
+    // Passed to the Workflow as arguments of the same name.
+    f("targetChartVersion", Kind::NonEmptyString),
+    f("snapshotClassName", Kind::NonEmptyString),
+    // The Workflow's activeDeadlineSeconds.
+    f("timeoutSeconds", Kind::Int(1)),
+    f("ttlSecondsAfterFinished", Kind::Int(0)),
     f("serviceAccountName", Kind::NonEmptyString),
+];
+const BACKUP_VOLSYNC: &[Field] = &[
+    req("sourcePVC", Kind::NonEmptyString),
+    // Secret holding the restic repository settings.
+    req("repository", Kind::NonEmptyString),
+    f("copyMethod", Kind::Enum(&["Snapshot", "Clone", "Direct"])),
+    f("volumeSnapshotClassName", Kind::NonEmptyString),
+    f("storageClassName", Kind::NonEmptyString),
+    f("pruneIntervalDays", Kind::Int(1)),
+];
+const BACKUP_CSISNAPSHOT: &[Field] = &[
+    f("volumeSnapshotClassName", Kind::NonEmptyString),
+    // Explicit PVC names; default: the PVCs labelled with the target's release.
+    f("persistentVolumeClaims", Kind::StringList),
 ];
 
 fn schema(template: &str) -> &'static [Field] {
@@ -94,6 +123,8 @@ fn schema(template: &str) -> &'static [Field] {
         "upgrade.helm" => UPGRADE_HELM,
         "migration.helmHookJob" => MIGRATION_HELMHOOKJOB,
         "runbook.workflow" => RUNBOOK_WORKFLOW,
+        "backup.volsync" => BACKUP_VOLSYNC,
+        "backup.csiSnapshot" => BACKUP_CSISNAPSHOT,
         _ => &[],
     }
 }
@@ -135,6 +166,10 @@ fn check(kind: Kind, v: &Value, path: &str) -> Result<(), String> {
             None => bad("a map of strings"),
         },
         Kind::Object => v.is_object().then_some(()).map_or(bad("an object"), Ok),
+        Kind::Enum(allowed) => match v.as_str() {
+            Some(s) if allowed.contains(&s) => Ok(()),
+            _ => bad(&format!("one of {}", allowed.join(", "))),
+        },
         Kind::Duration => match v.as_str() {
             Some(s) if is_duration(s) => Ok(()),
             _ => bad("a duration such as 720h, 90m or 30s (days are not a unit)"),
@@ -215,6 +250,44 @@ pub fn validate(template: &Template, parameters: Option<&Value>) -> Result<(), S
             None => {}
             Some(v) => check(field.kind, v, &path)?,
         }
+    }
+    match template.name {
+        "runbook.workflow" => {
+            match (
+                params.contains_key("workflowTemplate"),
+                params.contains_key("template"),
+            ) {
+                (false, false) => return Err(format!("{ROOT}.workflowTemplate: required")),
+                (true, true) => {
+                    return Err(format!(
+                        "{ROOT}.template: alias of workflowTemplate; give only one of them"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        "upgrade.helm" => {
+            if !params.contains_key("targetVersion") && !params.contains_key("valuesPatch") {
+                return Err(format!(
+                    "{ROOT}.targetVersion: required (or valuesPatch): nothing to upgrade"
+                ));
+            }
+        }
+        "backup.csiSnapshot" => {
+            if let Some(items) = params
+                .get("persistentVolumeClaims")
+                .and_then(Value::as_array)
+            {
+                for (i, item) in items.iter().enumerate() {
+                    check(
+                        Kind::NonEmptyString,
+                        item,
+                        &format!("{ROOT}.persistentVolumeClaims[{i}]"),
+                    )?;
+                }
+            }
+        }
+        _ => {}
     }
     if let Some(sa) = params.get("serviceAccountName").and_then(Value::as_str)
         && sa != RUNNER_SERVICE_ACCOUNT
@@ -298,5 +371,89 @@ mod tests {
             "spec.parameters.backupName: required"
         );
         assert!(is_duration("1h30m") && !is_duration("h") && !is_duration("10"));
+    }
+
+    #[test]
+    fn workflow_helm_hook_volsync_snapshot_parameters() {
+        let wf = template(OperationType::Runbook, Engine::Workflow).unwrap();
+        assert!(
+            validate(
+                wf,
+                Some(&json!({"workflowTemplate": "t", "workflowTemplateParameters": {"a": "1"}}))
+            )
+            .is_ok()
+        );
+        assert!(
+            validate(
+                wf,
+                Some(&json!({"template": "t", "targetChartVersion": "1.2.3"}))
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            validate(wf, Some(&json!({}))).unwrap_err(),
+            "spec.parameters.workflowTemplate: required"
+        );
+        assert!(validate(wf, Some(&json!({"template": "a", "workflowTemplate": "b"}))).is_err());
+        assert_eq!(
+            validate(
+                wf,
+                Some(&json!({"workflowTemplate": "t", "workflowTemplateParameters": {"a": 1}}))
+            )
+            .unwrap_err(),
+            "spec.parameters.workflowTemplateParameters.a: must be a string"
+        );
+        assert!(
+            validate(
+                wf,
+                Some(&json!({"workflowTemplate": "t", "failureAction": "x"}))
+            )
+            .is_err()
+        );
+        let helm = template(OperationType::Upgrade, Engine::Helm).unwrap();
+        assert!(validate(helm, Some(&json!({"targetVersion": "2.0.0"}))).is_ok());
+        assert!(
+            validate(helm, Some(&json!({})))
+                .unwrap_err()
+                .contains("nothing to upgrade")
+        );
+        assert_eq!(
+            validate(helm, Some(&json!({"valuesPatch": []}))).unwrap_err(),
+            "spec.parameters.valuesPatch: must be an object"
+        );
+        let hook = template(OperationType::Migration, Engine::HelmHookJob).unwrap();
+        assert_eq!(
+            validate(hook, Some(&json!({}))).unwrap_err(),
+            "spec.parameters.hookName: required"
+        );
+        assert!(
+            validate(
+                hook,
+                Some(&json!({"hookName": "db-migrate", "backoffLimit": 0}))
+            )
+            .is_ok()
+        );
+        let vs = template(OperationType::Backup, Engine::Volsync).unwrap();
+        assert!(
+            validate(
+                vs,
+                Some(&json!({"sourcePVC": "data", "repository": "restic"}))
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            validate(
+                vs,
+                Some(&json!({"sourcePVC": "data", "repository": "r", "copyMethod": "Copy"}))
+            )
+            .unwrap_err(),
+            "spec.parameters.copyMethod: must be one of Snapshot, Clone, Direct"
+        );
+        let snap = template(OperationType::Backup, Engine::CsiSnapshot).unwrap();
+        assert!(validate(snap, None).is_ok());
+        assert_eq!(
+            validate(snap, Some(&json!({"persistentVolumeClaims": ["a", ""]}))).unwrap_err(),
+            "spec.parameters.persistentVolumeClaims[1]: must be a non-empty string"
+        );
     }
 }

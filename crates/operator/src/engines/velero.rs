@@ -8,16 +8,14 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
-use vworkspace_api::keys;
 use vworkspace_api::operation::{Operation, OperationType};
 
 use super::{EngineStatus, workload_name};
 
 pub fn api_resource(kind: &str) -> ApiResource {
-    let plural = format!("{}s", kind.to_lowercase());
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("velero.io", "v1", kind), &plural)
+    crate::kinds::velero::api_resource(kind)
 }
 
 pub fn kind_for(t: OperationType) -> Option<&'static str> {
@@ -75,20 +73,7 @@ pub fn build(op: &Operation, target_ns: &str, velero_ns: &str) -> Result<Dynamic
         }
     }
     let mut obj = DynamicObject::new(&workload_name(op), &api_resource(kind)).within(velero_ns);
-    obj.metadata.labels = Some(BTreeMap::from([
-        (
-            keys::LABEL_MANAGED_BY.to_string(),
-            keys::MANAGED_BY_OPERATOR.to_string(),
-        ),
-        (
-            keys::LABEL_OPERATION.to_string(),
-            op.uid().unwrap_or_default(),
-        ),
-        (
-            keys::LABEL_APPLICATION_INSTANCE.to_string(),
-            op.spec.target_ref.name.clone(),
-        ),
-    ]));
+    obj.metadata.labels = Some(super::workload_labels(op));
     obj.data = json!({ "spec": spec });
     Ok(obj)
 }
@@ -168,6 +153,7 @@ pub fn status(obj: &DynamicObject) -> EngineStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vworkspace_api::keys;
 
     fn op(t: &str, params: Value) -> Operation {
         serde_json::from_value(json!({

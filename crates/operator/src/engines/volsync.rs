@@ -1,0 +1,161 @@
+//! `volsync` engine (Backup through VolSync): one `ReplicationSource` in the target
+//! namespace with a manual trigger, copying `parameters.sourcePVC` to the restic
+//! repository described by the Secret `parameters.repository`.
+//!
+//! Done when VolSync reports `status.lastManualSync` equal to the trigger; failed when
+//! the latest mover reports `Failed`. Cancel and timeout pause the source
+//! (`spec.paused`), which keeps it, and its mover status, for inspection.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use kube::api::{DynamicObject, ObjectMeta};
+use serde_json::{Value, json};
+use vworkspace_api::operation::Operation;
+
+use super::{EngineStatus, owner_refs, parameters, str_param, workload_labels, workload_name};
+use crate::kinds::volsync;
+
+/// The manual trigger value: unique per Operation.
+pub fn trigger(op: &Operation) -> String {
+    format!("op-{}", op.uid().unwrap_or_default())
+}
+
+pub fn build(op: &Operation, target_ns: &str) -> Result<DynamicObject, String> {
+    let p = parameters(op);
+    let pvc = str_param(&p, "sourcePVC")
+        .ok_or_else(|| "spec.parameters.sourcePVC: required".to_string())?;
+    let repository = str_param(&p, "repository")
+        .ok_or_else(|| "spec.parameters.repository: required".to_string())?;
+    let mut restic = json!({
+        "repository": repository,
+        "copyMethod": str_param(&p, "copyMethod").unwrap_or_else(|| "Snapshot".into()),
+    });
+    for key in ["volumeSnapshotClassName", "storageClassName"] {
+        if let Some(v) = str_param(&p, key) {
+            restic[key] = json!(v);
+        }
+    }
+    if let Some(n) = p.get("pruneIntervalDays").and_then(Value::as_i64) {
+        restic["pruneIntervalDays"] = json!(n);
+    }
+    let mut obj =
+        DynamicObject::new(&workload_name(op), &volsync::replication_source()).within(target_ns);
+    obj.metadata = ObjectMeta {
+        name: Some(workload_name(op)),
+        namespace: Some(target_ns.into()),
+        labels: Some(workload_labels(op)),
+        owner_references: owner_refs(op, target_ns),
+        ..Default::default()
+    };
+    obj.data = json!({"spec": {
+        "sourcePVC": pvc,
+        "trigger": {"manual": trigger(op)},
+        "restic": restic,
+    }});
+    Ok(obj)
+}
+
+pub fn status(obj: &DynamicObject) -> EngineStatus {
+    let st = obj.data.get("status").cloned().unwrap_or(json!({}));
+    let manual = obj
+        .data
+        .pointer("/spec/trigger/manual")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut outputs = BTreeMap::from([("replicationSourceName".to_string(), obj.name_any())]);
+    for (field, key) in [
+        ("lastSyncTime", "lastSyncTime"),
+        ("lastSyncDuration", "lastSyncDuration"),
+    ] {
+        if let Some(v) = st.get(field).and_then(Value::as_str) {
+            outputs.insert(key.into(), v.to_string());
+        }
+    }
+    let result = st
+        .pointer("/latestMoverStatus/result")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let synced =
+        !manual.is_empty() && st.get("lastManualSync").and_then(Value::as_str) == Some(manual);
+    if result == "Failed" {
+        return EngineStatus::Failed {
+            reason: "VolSyncSyncFailed".into(),
+            message: "the VolSync mover failed; see the ReplicationSource's \
+                      status.latestMoverStatus"
+                .into(),
+            outputs,
+        };
+    }
+    if synced {
+        return EngineStatus::Succeeded {
+            message: "VolSync replication completed".into(),
+            outputs,
+        };
+    }
+    let syncing = st
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Synchronizing"))
+        })
+        .and_then(|c| c.get("message").and_then(Value::as_str))
+        .map(String::from);
+    EngineStatus::Running(syncing.unwrap_or_else(|| "waiting for VolSync".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_api::keys;
+
+    fn op(params: Value) -> Operation {
+        serde_json::from_value(json!({
+            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+            "metadata": {"name": "rep", "namespace": "team-a", "uid": "u-6"},
+            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
+                     "type": "Backup", "engine": "volsync", "parameters": params}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn replication_source_and_status() {
+        let mut rs = build(
+            &op(json!({"sourcePVC": "data", "repository": "restic-cfg", "volumeSnapshotClassName": "csi"})),
+            "team-a",
+        )
+        .unwrap();
+        assert_eq!(rs.name_any(), "team-a--rep");
+        assert_eq!(rs.labels()[keys::LABEL_OPERATION], "u-6");
+        assert_eq!(
+            rs.data["spec"],
+            json!({"sourcePVC": "data", "trigger": {"manual": "op-u-6"},
+                   "restic": {"repository": "restic-cfg", "copyMethod": "Snapshot", "volumeSnapshotClassName": "csi"}})
+        );
+        assert!(matches!(status(&rs), EngineStatus::Running(_)));
+        rs.data["status"] = json!({"lastManualSync": "something-else"});
+        assert!(matches!(status(&rs), EngineStatus::Running(_)));
+        rs.data["status"] = json!({"lastManualSync": "op-u-6", "lastSyncTime": "2026-01-01T00:00:00Z",
+            "latestMoverStatus": {"result": "Successful"}});
+        match status(&rs) {
+            EngineStatus::Succeeded { outputs, .. } => {
+                assert_eq!(outputs["lastSyncTime"], "2026-01-01T00:00:00Z")
+            }
+            other => panic!("{other:?}"),
+        }
+        rs.data["status"] =
+            json!({"latestMoverStatus": {"result": "Failed", "logs": "secret stuff"}});
+        match status(&rs) {
+            EngineStatus::Failed {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "VolSyncSyncFailed");
+                assert!(!message.contains("secret stuff"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(build(&op(json!({"repository": "r"})), "team-a").is_err());
+    }
+}
