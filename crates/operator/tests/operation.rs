@@ -549,7 +549,8 @@ async fn bad_input_is_blocked_with_the_path() {
         json!({"parameters": {"workflowTemplate": "t"}}),
     )
     .await;
-    env.wait_blocked("argo", "DependencyMissing").await;
+    // The target does not declare ops.vworkspace.io/runbook.
+    env.wait_blocked("argo", "CapabilityMissing").await;
     // Missing capability, then declared: re-evaluated on the target's change.
     let targets: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &env.ns);
     targets

@@ -265,7 +265,14 @@ async fn write(ctx: &Ctx, op: &Operation, draft: Draft) -> Result<(), Error> {
     }
     let api: Api<Operation> =
         Api::namespaced(ctx.base.client.clone(), &op.namespace().unwrap_or_default());
-    let status = serde_json::to_value(&draft.status).unwrap_or_default();
+    let mut status = serde_json::to_value(&draft.status).unwrap_or_default();
+    // A merge patch keeps map keys it does not mention: dropped outputs are sent as null.
+    if let Some(old) = op.status.as_ref().and_then(|s| s.outputs.as_ref()) {
+        let new = draft.status.outputs.clone().unwrap_or_default();
+        for key in old.keys().filter(|k| !new.contains_key(*k)) {
+            status["outputs"][key] = serde_json::Value::Null;
+        }
+    }
     api.patch_status(
         &op.name_any(),
         &PatchParams::default(),
