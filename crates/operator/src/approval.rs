@@ -22,6 +22,58 @@ pub struct Claims {
     #[serde(default)]
     pub at: String,
     pub exp: i64,
+    /// Optional bindings (spec §11 item 16): when the issuer includes them they must
+    /// match the Operation, so a claim cannot be replayed on a same-named Operation in
+    /// another namespace, a recreated one, or one of another type or target.
+    #[serde(default)]
+    pub ns: Option<String>,
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default, rename = "type")]
+    pub op_type: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// What a claim may be bound to, from the Operation.
+#[derive(Debug, Default)]
+pub struct Binding<'a> {
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub op_type: &'a str,
+    pub target: &'a str,
+    /// `spec.approvals.approvedBy`, cross-checked against the claim's `by` when both
+    /// are set.
+    pub approved_by: Option<&'a str>,
+}
+
+/// Checks the optional bindings of verified `claims` against the Operation.
+pub fn check_binding(claims: &Claims, b: &Binding<'_>) -> Result<(), String> {
+    let pairs = [
+        ("ns", claims.ns.as_deref(), b.namespace),
+        ("uid", claims.uid.as_deref(), b.uid),
+        ("type", claims.op_type.as_deref(), b.op_type),
+        ("target", claims.target.as_deref(), b.target),
+    ];
+    for (field, claimed, actual) in pairs {
+        if let Some(c) = claimed
+            && c.trim() != actual.trim()
+        {
+            return Err(format!(
+                "claim is bound to {field} {c:?}, the operation has {actual:?}"
+            ));
+        }
+    }
+    if let Some(by) = b.approved_by.map(str::trim).filter(|s| !s.is_empty())
+        && !claims.by.is_empty()
+        && by != claims.by.trim()
+    {
+        return Err(format!(
+            "spec.approvals.approvedBy {by:?} does not match the claim's approver {:?}",
+            claims.by
+        ));
+    }
+    Ok(())
 }
 
 /// Verifies `claim` for Operation `operation` at Unix time `now`.
@@ -113,6 +165,38 @@ mod tests {
                 .unwrap_err()
                 .starts_with("malformed")
         );
+        let bound = {
+            let body = URL_SAFE_NO_PAD.encode(
+                serde_json::json!({"at": "", "by": "bob", "exp": 2_000, "op": "r", "rid": 1, "v": 1,
+                                   "ns": "team-a", "uid": "u1", "type": "Restore", "target": "wiki"})
+                .to_string(),
+            );
+            let mut mac = HmacSha256::new_from_slice(b"s3cret").unwrap();
+            mac.update(body.as_bytes());
+            format!("vws1.{body}.{}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let claims = verify(&bound, "s3cret", "r", 1_000).unwrap();
+        let mut b = Binding {
+            namespace: "team-a",
+            uid: "u1",
+            op_type: "Restore",
+            target: "wiki",
+            approved_by: Some("bob"),
+        };
+        assert!(check_binding(&claims, &b).is_ok());
+        b.namespace = "team-b";
+        assert!(check_binding(&claims, &b).unwrap_err().contains("ns"));
+        b.namespace = "team-a";
+        b.approved_by = Some("eve");
+        assert!(
+            check_binding(&claims, &b)
+                .unwrap_err()
+                .contains("approvedBy")
+        );
+        // Claims without bindings stay valid (v1 issuers).
+        let plain = verify(&c, "s3cret", "restore-1", 1_000).unwrap();
+        b.approved_by = None;
+        assert!(check_binding(&plain, &b).is_ok());
         let tampered = c.replacen("vws1.", "vws1.x", 1);
         assert!(verify(&tampered, "s3cret", "restore-1", 1_000).is_err());
     }

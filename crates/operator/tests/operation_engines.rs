@@ -1084,3 +1084,89 @@ async fn concurrency_matrix_rows() {
         Some(Phase::Running)
     );
 }
+
+// ------------------------------------- velero cancel/timeout, target readiness, claims
+
+#[tokio::test]
+async fn velero_cancel_timeout_target_readiness_and_bound_claims() {
+    let env = setup("op-velero2").await;
+    let backups = Api::<DynamicObject>::namespaced_with(
+        env.client.clone(),
+        &env.velero_ns,
+        &velero::api_resource("Backup"),
+    );
+    env.create("b-cancel", "wiki", "Backup", "velero", json!({}))
+        .await;
+    env.wait_phase("b-cancel", Phase::Running).await;
+    env.cancel("b-cancel").await;
+    env.wait_phase("b-cancel", Phase::Cancelled).await;
+    // Velero has no pause: the in-flight Backup is removed.
+    env.gone(&backups, &env.workload("b-cancel")).await;
+
+    env.create(
+        "b-slow",
+        "wiki",
+        "Backup",
+        "velero",
+        json!({"timeoutSeconds": 2}),
+    )
+    .await;
+    env.wait_phase("b-slow", Phase::Running).await;
+    let op = env.wait_phase("b-slow", Phase::Failed).await;
+    assert_eq!(reason(&op, "Failed"), "Timeout");
+    assert!(op.status.unwrap().finished_at.is_some());
+
+    // A target reporting Ready=False holds a Backup back (not a Restore/Upgrade).
+    let now = jiff::Timestamp::now().to_string();
+    let ready = |s: &str| {
+        json!({"status": {"conditions": [{"type": "Ready", "status": s, "reason": "HelmReleaseFailed",
+            "message": "install failed", "lastTransitionTime": now}]}})
+    };
+    env.targets()
+        .patch_status(
+            "wiki",
+            &PatchParams::default(),
+            &Patch::Merge(ready("False")),
+        )
+        .await
+        .unwrap();
+    env.create("b-held", "wiki", "Backup", "velero", json!({}))
+        .await;
+    let m = env.wait_blocked("b-held", "TargetNotReady").await;
+    assert!(m.contains("install failed"), "{m}");
+    env.targets()
+        .patch_status(
+            "wiki",
+            &PatchParams::default(),
+            &Patch::Merge(ready("True")),
+        )
+        .await
+        .unwrap();
+    env.wait_phase("b-held", Phase::Running).await;
+
+    // A claim bound to another namespace is refused even with a valid signature.
+    let body = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            json!({"at": "", "by": "alice", "exp": jiff::Timestamp::now().as_second() + 600,
+                   "op": "r-bound", "rid": 7, "v": 1, "ns": "somewhere-else"})
+            .to_string(),
+        )
+    };
+    let sig = {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    env.create(
+        "r-bound",
+        "wiki",
+        "Restore",
+        "velero",
+        json!({"parameters": {"backupName": "b"}, "approvals": {"claim": format!("vws1.{body}.{sig}")}}),
+    )
+    .await;
+    let m = env.wait_blocked("r-bound", "AwaitingApproval").await;
+    assert!(m.contains("bound to ns"), "{m}");
+}

@@ -480,6 +480,37 @@ async fn load_target(ctx: &Ctx, op: &Operation) -> Result<Option<ApplicationInst
     .await?)
 }
 
+/// Whether the target can take this Operation now (§11 item 14): not while it is being
+/// deleted, and not while it reports `Ready=False` — except for Restore and Upgrade,
+/// which are how a broken instance is repaired. A target without a Ready condition yet
+/// (or a placeholder) is not held back.
+pub fn target_not_ready(target: &ApplicationInstance, t: OperationType) -> Option<String> {
+    if target.metadata.deletion_timestamp.is_some() {
+        return Some(format!(
+            "ApplicationInstance {:?} is being deleted",
+            target.name_any()
+        ));
+    }
+    if matches!(t, OperationType::Restore | OperationType::Upgrade) {
+        return None;
+    }
+    let ready = conditions::find(
+        target
+            .status
+            .as_ref()
+            .map_or(&[][..], |s| &s.conditions[..]),
+        types::READY,
+    )?;
+    (ready.status == FALSE).then(|| {
+        format!(
+            "ApplicationInstance {:?} is not Ready ({}: {})",
+            target.name_any(),
+            ready.reason,
+            ready.message
+        )
+    })
+}
+
 /// Which existing types block an incoming one (same target, same namespace).
 pub fn blocked_by(incoming: OperationType) -> &'static [OperationType] {
     match incoming {
@@ -527,6 +558,9 @@ async fn gates(ctx: &Ctx, op: &Operation, template: &Template) -> Result<Gate, E
             ),
         )));
     };
+    if let Some(why) = target_not_ready(&target, op.spec.r#type) {
+        return Ok(Err((r::TARGET_NOT_READY, why)));
+    }
     let required = template.approval_by_default
         || op
             .spec
@@ -548,12 +582,31 @@ async fn gates(ctx: &Ctx, op: &Operation, template: &Template) -> Result<Gate, E
                 "approval claim required in spec.approvals.claim".into(),
             )));
         }
-        if let Err(why) = crate::approval::verify(
+        let uid = op.uid().unwrap_or_default();
+        let op_type = engines::type_name(op.spec.r#type);
+        let verified = crate::approval::verify(
             claim,
             &ctx.config.approval_secret,
             &op.name_any(),
             jiff::Timestamp::now().as_second(),
-        ) {
+        )
+        .and_then(|claims| {
+            crate::approval::check_binding(
+                &claims,
+                &crate::approval::Binding {
+                    namespace: &ns,
+                    uid: &uid,
+                    op_type: &op_type,
+                    target: &op.spec.target_ref.name,
+                    approved_by: op
+                        .spec
+                        .approvals
+                        .as_ref()
+                        .and_then(|a| a.approved_by.as_deref()),
+                },
+            )
+        });
+        if let Err(why) = verified {
             return Ok(Err((
                 r::AWAITING_APPROVAL,
                 format!("invalid approval claim: {why}"),
