@@ -266,12 +266,12 @@ pub fn validate(template: &Template, parameters: Option<&Value>) -> Result<(), S
                 _ => {}
             }
         }
-        "upgrade.helm" => {
-            if !params.contains_key("targetVersion") && !params.contains_key("valuesPatch") {
-                return Err(format!(
-                    "{ROOT}.targetVersion: required (or valuesPatch): nothing to upgrade"
-                ));
-            }
+        "upgrade.helm"
+            if !params.contains_key("targetVersion") && !params.contains_key("valuesPatch") =>
+        {
+            return Err(format!(
+                "{ROOT}.targetVersion: required (or valuesPatch): nothing to upgrade"
+            ));
         }
         "backup.csiSnapshot" => {
             if let Some(items) = params
