@@ -507,6 +507,7 @@ async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error
             });
     let mut requeue = period;
     if requested || due {
+        tracing::info!(requested, due, "rotating the control-plane credential");
         match rotate(&ctx, &cluster).await {
             Ok(()) => {
                 if requested {
