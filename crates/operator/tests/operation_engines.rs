@@ -26,7 +26,8 @@ use vworkspace_operator::engines::{helm_hook, velero};
 use vworkspace_operator::kinds::{argo, snapshot, volsync};
 
 const SECRET: &str = "approval-s3cret";
-const WAIT: Duration = Duration::from_secs(30);
+// Generous: the garbage collector picks up new kinds on its 30 s discovery resync.
+const WAIT: Duration = Duration::from_secs(90);
 
 struct Env {
     client: Client,

@@ -90,7 +90,6 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
             .find(|o| o.uid().as_deref() == Some(uid.as_str()))
             .map(|o| ObjectRef::from_obj(&*o))
     };
-    let by_uid2 = by_uid.clone();
     // A target that appears or gains a capability annotation, and an Operation that
     // finishes, can unblock others: map both to the Pending Operations they concern.
     let pending_for = {
@@ -128,9 +127,7 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let by_uid3 = by_uid.clone();
     let labelled = watcher::Config::default().labels(keys::LABEL_OPERATION);
-    let labelled_more = labelled.clone();
     let jobs: Api<Job> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -138,21 +135,25 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     let backups = velero::api_resource("Backup");
     let restores = velero::api_resource("Restore");
     let velero_ns = config.velero_namespace.clone();
-    let scoped = |ar: &ApiResource| -> Api<DynamicObject> {
-        match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
-            None => Api::all_with(client.clone(), ar),
-        }
-    };
-    let (workflows, sources, snapshots) = (
+    // Third-party kinds are watched only where their CRDs are served, so a cluster
+    // without, say, Argo runs everything else without a failing watch.
+    let mut optional: Vec<(Api<DynamicObject>, ApiResource)> = Vec::new();
+    for ar in [backups, restores] {
+        optional.push((Api::namespaced_with(client.clone(), &velero_ns, &ar), ar));
+    }
+    for ar in [
         argo::workflow(),
         volsync::replication_source(),
         snapshot::volume_snapshot(),
-    );
-    let (wf_api, rs_api, vs_api) = (scoped(&workflows), scoped(&sources), scoped(&snapshots));
-    let (by_uid4, by_uid5, by_uid6) = (by_uid.clone(), by_uid.clone(), by_uid.clone());
+    ] {
+        let api = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        optional.push((api, ar));
+    }
     let ctx = Arc::new(Ctx { base: ctx, config });
-    controller
+    let mut controller = controller
         .watches(
             targets,
             watcher::Config::default(),
@@ -165,28 +166,20 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         .watches(peers, watcher::Config::default(), move |o: Operation| {
             pending_for2(o.namespace(), o.spec.target_ref.name.clone(), o.uid())
         })
-        .watches(jobs, labelled.clone(), move |j| by_uid(j.labels()))
-        .watches_with(
-            Api::<DynamicObject>::namespaced_with(client.clone(), &velero_ns, &backups),
-            backups.clone(),
-            labelled.clone(),
-            move |b| by_uid2(b.labels()),
-        )
-        .watches_with(
-            Api::<DynamicObject>::namespaced_with(client.clone(), &velero_ns, &restores),
-            restores.clone(),
-            labelled,
-            move |b| by_uid3(b.labels()),
-        )
-        .watches_with(wf_api, workflows, labelled_more.clone(), move |o| {
-            by_uid4(o.labels())
-        })
-        .watches_with(rs_api, sources, labelled_more.clone(), move |o| {
-            by_uid5(o.labels())
-        })
-        .watches_with(vs_api, snapshots, labelled_more, move |o| {
-            by_uid6(o.labels())
-        })
+        .watches(jobs, labelled.clone(), {
+            let by_uid = by_uid.clone();
+            move |j| by_uid(j.labels())
+        });
+    for (api, ar) in optional {
+        if !served(&api).await {
+            tracing::info!(kind = %ar.kind, group = %ar.group, "CRD not served: not watched");
+            continue;
+        }
+        let by_uid = by_uid.clone();
+        controller =
+            controller.watches_with(api, ar, labelled.clone(), move |o| by_uid(o.labels()));
+    }
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -195,6 +188,14 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
             }
         })
         .await;
+}
+
+/// Whether the kind behind `api` is served (a 404 on list means its CRD is missing).
+async fn served(api: &Api<DynamicObject>) -> bool {
+    !matches!(
+        api.list_metadata(&ListParams::default().limit(1)).await,
+        Err(kube::Error::Api(s)) if s.code == 404
+    )
 }
 
 fn error_policy(_: Arc<Operation>, err: &Error, _: Arc<Ctx>) -> Action {
@@ -696,7 +697,7 @@ async fn create_owned(
     ar: &ApiResource,
     mut obj: DynamicObject,
     uid: &str,
-) -> Result<Result<String, String>, Error> {
+) -> Result<Result<String, Started>, Error> {
     let name = obj.name_any();
     match api.get_opt(&name).await? {
         Some(existing)
@@ -706,10 +707,13 @@ async fn create_owned(
                 .map(String::as_str)
                 != Some(uid) =>
         {
-            Ok(Err(format!(
-                "{} {}/{name} exists and belongs to another operation",
-                ar.kind,
-                api_ns(&existing)
+            Ok(Err(failed(
+                r::ENGINE_FAILED,
+                format!(
+                    "{} {}/{name} exists and belongs to another operation",
+                    ar.kind,
+                    api_ns(&existing)
+                ),
             )))
         }
         Some(_) => Ok(Ok(name)),
@@ -722,6 +726,14 @@ async fn create_owned(
                 Ok(_) => Ok(Ok(name)),
                 // Raced with ourselves: the next pass sees it and checks the label.
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(Ok(name)),
+                // The kind is not served: its controller (and CRD) is not installed.
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Err(Started::Blocked {
+                    reason: r::ENGINE_NOT_INSTALLED,
+                    message: format!(
+                        "{} ({}) is not served by this cluster: install its controller and CRDs",
+                        ar.kind, ar.api_version
+                    ),
+                })),
                 Err(e) => Err(e.into()),
             }
         }
@@ -788,7 +800,7 @@ async fn materialize(
             let api = dynamic(client, &ctx.config.velero_namespace, &ar);
             Ok(match create_owned(&api, &ar, obj, &uid).await? {
                 Ok(name) => started(kind, name, &ctx.config.velero_namespace),
-                Err(e) => failed(r::ENGINE_FAILED, e),
+                Err(not_started) => not_started,
             })
         }
         Engine::Workflow => {
@@ -813,7 +825,7 @@ async fn materialize(
             let api = dynamic(client, target_ns, &ar);
             Ok(match create_owned(&api, &ar, obj, &uid).await? {
                 Ok(name) => started("Workflow", name, target_ns),
-                Err(e) => failed(r::ENGINE_FAILED, e),
+                Err(not_started) => not_started,
             })
         }
         Engine::Volsync => {
@@ -825,7 +837,7 @@ async fn materialize(
             let api = dynamic(client, target_ns, &ar);
             Ok(match create_owned(&api, &ar, obj, &uid).await? {
                 Ok(name) => started("ReplicationSource", name, target_ns),
-                Err(e) => failed(r::ENGINE_FAILED, e),
+                Err(not_started) => not_started,
             })
         }
         Engine::CsiSnapshot => {
@@ -845,7 +857,7 @@ async fn materialize(
                     Ok(name) => {
                         first.get_or_insert(name);
                     }
-                    Err(e) => return Ok(failed(r::ENGINE_FAILED, e)),
+                    Err(not_started) => return Ok(not_started),
                 }
             }
             Ok(started(
@@ -1096,10 +1108,19 @@ async fn stop_workload(ctx: &Ctx, op: &Operation, why: Stop) -> Result<(), Error
             .await
             .map(|_| ()),
         ("VolumeSnapshot", Stop::Timeout) => Ok(()),
-        ("VolumeSnapshot", _) => dynamic(client, &ns, &snapshot::volume_snapshot())
-            .delete_collection(&bg, &uid_selector(op))
-            .await
-            .map(|_| ()),
+        ("VolumeSnapshot", _) => {
+            // One by one: the chart's RBAC grants delete, not deletecollection.
+            let api = dynamic(client, &ns, &snapshot::volume_snapshot());
+            let mut result = Ok(());
+            for snap in api.list_metadata(&uid_selector(op)).await?.items {
+                if let Err(e) = api.delete(&snap.name_any(), &bg).await
+                    && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+                {
+                    result = Err(e);
+                }
+            }
+            result
+        }
         ("ApplicationInstance", Stop::Cancel | Stop::Timeout) => {
             let api = Api::<ApplicationInstance>::namespaced(client, &ns);
             match api.get_opt(&name).await? {
