@@ -294,9 +294,20 @@ fn rotate_annotation(c: &Cluster) -> bool {
         .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("false"))
 }
 
-async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let agent = &ctx.agent;
     let period = agent.config().heartbeat_period;
+    // Decide on the stored object, not the watch cache: right after a registration the
+    // cache can still lack the recorded token fingerprint, and acting on it would try to
+    // exchange the consumed token again (and overwrite the status with stale fields).
+    // One GET per pass is cheap; Cluster passes are rare.
+    let Some(cluster) = Api::<Cluster>::all(ctx.client.clone())
+        .get_opt(&cached.name_any())
+        .await?
+    else {
+        return Ok(Action::await_change());
+    };
+    let cluster = Arc::new(cluster);
     if cluster.metadata.deletion_timestamp.is_some() {
         if cluster
             .finalizers()
