@@ -73,6 +73,14 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, [("content-type", MEDIA_TYPE)], body.to_string()).into_response()
 }
 
+/// Decodes a JSON request body; a malformed one is answered `400 InvalidJSON`.
+// Early-return responses are the handler idiom; these are not hot paths.
+#[allow(clippy::result_large_err)]
+fn parse_json<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Response> {
+    serde_json::from_str(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()))
+}
+
 fn internal(e: anyhow::Error) -> Response {
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,9 +158,9 @@ async fn register(State(s): State<S>, h: HeaderMap, body: String) -> Response {
             "registration token required",
         );
     };
-    let req: RegisterRequest = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let req: RegisterRequest = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let token = if req.registration_token.trim().is_empty() {
         bearer
@@ -303,9 +311,9 @@ async fn status(
     if let Err(r) = job_access(&s, &h, &id) {
         return r;
     }
-    let update: StatusUpdate = match serde_json::from_str(&body) {
-        Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let update: StatusUpdate = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     match s.store.add_status(&id, &update) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -322,9 +330,9 @@ async fn result(
     if let Err(r) = job_access(&s, &h, &id) {
         return r;
     }
-    let result: JobResult = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let result: JobResult = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     if let Err(e) = result.parsed_outcome() {
         return error(StatusCode::BAD_REQUEST, "InvalidOutcome", e.to_string());
@@ -346,9 +354,9 @@ async fn events(State(s): State<S>, h: HeaderMap, body: String) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let batch: EventsBody = match serde_json::from_str(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let batch: EventsBody = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     match s.store.add_events(&cluster, &batch.events) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -403,9 +411,9 @@ struct EnqueueBody {
 }
 
 async fn admin_enqueue(State(s): State<S>, body: String) -> Response {
-    let req: EnqueueBody = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let req: EnqueueBody = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     if req.cluster_id.is_empty() {
         return error(
@@ -493,9 +501,9 @@ struct TokenBody {
 }
 
 async fn admin_registration_token(State(s): State<S>, body: String) -> Response {
-    let req: TokenBody = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let req: TokenBody = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let ttl_ms = match req.ttl_seconds {
         Some(secs) => secs.saturating_mul(1000),
@@ -533,9 +541,9 @@ async fn admin_revoke(State(s): State<S>, Path(cluster): Path<String>) -> Respon
 }
 
 async fn admin_faults(State(s): State<S>, body: String) -> Response {
-    let fault = match serde_json::from_str::<Fault>(&body) {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+    let fault: Fault = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     if !FAULT_ENDPOINTS.contains(&fault.endpoint.as_str()) {
         return error(
