@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
-use kube::api::{DynamicObject, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 use serde_json::{Value, json};
 use vworkspace_api::operation::Operation;
 

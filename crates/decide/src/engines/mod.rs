@@ -14,7 +14,7 @@ pub mod workflow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Resource, ResourceExt};
+use kube_core::{Resource, ResourceExt};
 use serde_json::Value;
 use vworkspace_api::keys;
 use vworkspace_api::operation::{Engine, Operation, OperationType};

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
-use kube::api::{ApiResource, DynamicObject};
+use kube_core::ResourceExt;
+use kube_core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use vworkspace_api::operation::{Operation, OperationType};
 

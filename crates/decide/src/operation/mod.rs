@@ -1,0 +1,3 @@
+//! Decisions of the Operation controller.
+
+pub mod gates;
