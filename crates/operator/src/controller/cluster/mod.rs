@@ -19,8 +19,6 @@
 //! never set `Authenticated=False`; `ControllersHealthy` reports the third-party CRDs; a
 //! second Cluster object is flagged `DuplicateCluster` and ignored.
 
-pub mod decide;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,11 +35,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vworkspace_api::conditions::{TRUE, cluster_reasons as r, types};
 use vworkspace_api::{Cluster, keys};
-
-use self::decide::{
-    Call, Effect, ExchangeFailure, HeartbeatFailure, Link, Observed, Outcomes, Plan, Settings,
-    TokenSource,
+use vworkspace_decide::cluster::{
+    self as decide, Call, Effect, ExchangeFailure, HeartbeatFailure, Link, Observed, Outcomes,
+    Plan, Settings, TokenSource,
 };
+
 use super::events::Notice;
 use super::kit::{self, AtStage, Error, HasKit, Kit, Stage};
 use crate::agent::Agent;
@@ -54,7 +52,7 @@ use crate::agent::wire::{
     ObjectRef, event_key,
 };
 
-pub use self::decide::{REGISTRATION_RETRY, ROTATION_RETRY};
+pub use vworkspace_decide::cluster::{REGISTRATION_RETRY, ROTATION_RETRY};
 
 /// Default key of the registration token in its Secret.
 pub const DEFAULT_TOKEN_KEY: &str = "registrationToken";
