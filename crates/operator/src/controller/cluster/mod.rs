@@ -109,7 +109,7 @@ pub async fn run(
             })
             .graceful_shutdown_on(async move { t2.cancelled().await })
             .run(kit::reconciler(reconcile), kit::error_policy, ctx)
-            .for_each(|_| async {});
+            .for_each(kit::report);
         tokio::select! {
             _ = controller => {}
             _ = async {

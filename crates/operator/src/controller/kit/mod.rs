@@ -5,6 +5,7 @@
 //! ```ignore
 //! Controller::new(api, config)
 //!     .run(kit::reconciler(reconcile), kit::error_policy, ctx)
+//!     .for_each(kit::report)
 //! ```
 //!
 //! where `reconcile(obj, ctx) -> Result<Action, kit::Error>` is its observe → decide →
@@ -244,6 +245,19 @@ where
         kit.backoff.succeeded(&key);
     }
     result
+}
+
+/// Sink for the stream of `Controller::run`: `.for_each(kit::report)`. Reconcile
+/// failures were logged by [`error_policy`]; what is left (watch and queue errors) is
+/// logged here.
+pub async fn report<T, Q: std::error::Error>(
+    res: Result<T, kube::runtime::controller::Error<Error, Q>>,
+) {
+    if let Err(e) = res
+        && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+    {
+        tracing::warn!(error = %e, "controller");
+    }
 }
 
 /// Retry policy of every controller: exponential backoff per object; an invalid spec
