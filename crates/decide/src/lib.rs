@@ -10,5 +10,6 @@
 pub mod approval;
 pub mod engines;
 pub mod flux;
+pub mod instance;
 pub mod kinds;
 pub mod operation;
