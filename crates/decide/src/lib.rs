@@ -11,5 +11,6 @@ pub mod approval;
 pub mod cluster;
 pub mod engines;
 pub mod flux;
+pub mod instance;
 pub mod kinds;
 pub mod operation;

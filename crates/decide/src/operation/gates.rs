@@ -3,8 +3,179 @@
 
 use kube_core::ResourceExt;
 use vworkspace_api::ApplicationInstance;
-use vworkspace_api::conditions::{self, FALSE, types};
+use vworkspace_api::conditions::{self, FALSE, op_reasons as r, types};
+use vworkspace_api::keys;
 use vworkspace_api::operation::{Operation, OperationType, Phase};
+
+use crate::approval;
+use crate::engines::{self, Template, params};
+
+/// Why an Operation stays Pending: the `Blocked`/`Accepted` reason and an actionable
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn block(reason: &'static str, message: impl Into<String>) -> Block {
+    Block {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Spec checks that need no other object; the template on success.
+pub fn validate(op: &Operation) -> Result<&'static Template, Block> {
+    let tr = &op.spec.target_ref;
+    if tr.api_version != "apps.vworkspace.io/v1alpha1" || tr.kind != "ApplicationInstance" {
+        return Err(block(
+            r::VALIDATION_FAILED,
+            "spec.targetRef must be apps.vworkspace.io/v1alpha1 ApplicationInstance",
+        ));
+    }
+    let Some(template) = engines::template(op.spec.r#type, op.spec.engine) else {
+        let pairs: Vec<String> = engines::TEMPLATES
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}+{}",
+                    engines::type_name(t.r#type),
+                    engines::engine_name(t.engine)
+                )
+            })
+            .collect();
+        return Err(block(
+            r::VALIDATION_FAILED,
+            format!(
+                "spec.type {} cannot run on spec.engine {} (runnable pairs: {})",
+                engines::type_name(op.spec.r#type),
+                engines::engine_name(op.spec.engine),
+                pairs.join(", ")
+            ),
+        ));
+    };
+    params::validate(template, op.spec.parameters.as_ref())
+        .map_err(|m| block(r::VALIDATION_FAILED, m))?;
+    if !template.implemented {
+        return Err(block(
+            r::DEPENDENCY_MISSING,
+            format!(
+                "engine {} ({}) is not implemented in this build",
+                engines::engine_name(op.spec.engine),
+                template.name
+            ),
+        ));
+    }
+    if let Some(t) = op.spec.timeout_seconds
+        && t < 1
+    {
+        return Err(block(
+            r::VALIDATION_FAILED,
+            "spec.timeoutSeconds: must be at least 1",
+        ));
+    }
+    Ok(template)
+}
+
+/// The gates of a Pending Operation, in order: the target exists and can take it, a
+/// required approval claim verifies, no conflicting Operation is ahead of it, and the
+/// target declares the capability. `peers`: the Operations of its namespace.
+pub fn admit<'a>(
+    op: &Operation,
+    template: &Template,
+    target: Option<&'a ApplicationInstance>,
+    peers: &[Operation],
+    approval_secret: &str,
+    now_seconds: i64,
+) -> Result<&'a ApplicationInstance, Block> {
+    let ns = op.namespace().unwrap_or_default();
+    let Some(target) = target else {
+        return Err(block(
+            r::TARGET_NOT_FOUND,
+            format!(
+                "ApplicationInstance {:?} not found in namespace {ns:?}",
+                op.spec.target_ref.name
+            ),
+        ));
+    };
+    if let Some(why) = target_not_ready(target, op.spec.r#type) {
+        return Err(block(r::TARGET_NOT_READY, why));
+    }
+    approval_gate(op, template, approval_secret, now_seconds)?;
+    if let Some(other) = conflict(op, peers) {
+        return Err(block(
+            r::CONFLICTING_OPERATION,
+            format!(
+                "conflicts with operation {:?} ({})",
+                other.name_any(),
+                engines::type_name(other.spec.r#type)
+            ),
+        ));
+    }
+    let key = format!("{}{}", keys::CAPABILITY_PREFIX, template.verb);
+    let engine = engines::engine_name(op.spec.engine);
+    let declared = target.annotations().get(&key).map(|v| v.trim().to_string());
+    if declared.as_deref() != Some(engine.as_str()) {
+        return Err(block(
+            r::CAPABILITY_MISSING,
+            format!(
+                "ApplicationInstance {:?} does not declare {key}: {engine} (found {})",
+                target.name_any(),
+                declared.map_or("nothing".to_string(), |d| format!("{d:?}"))
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+/// Approval (spec §8.11): required by the template or `spec.approvals.required`; the
+/// claim must verify against the secret and match the Operation's bindings.
+fn approval_gate(
+    op: &Operation,
+    template: &Template,
+    secret: &str,
+    now_seconds: i64,
+) -> Result<(), Block> {
+    let approvals = op.spec.approvals.as_ref();
+    let required =
+        template.approval_by_default || approvals.and_then(|a| a.required).unwrap_or(false);
+    if !required {
+        return Ok(());
+    }
+    let claim = approvals
+        .and_then(|a| a.claim.as_deref())
+        .map(str::trim)
+        .unwrap_or("");
+    if claim.is_empty() {
+        return Err(block(
+            r::AWAITING_APPROVAL,
+            "approval claim required in spec.approvals.claim",
+        ));
+    }
+    let ns = op.namespace().unwrap_or_default();
+    let uid = op.uid().unwrap_or_default();
+    let op_type = engines::type_name(op.spec.r#type);
+    approval::verify(claim, secret, &op.name_any(), now_seconds)
+        .and_then(|claims| {
+            approval::check_binding(
+                &claims,
+                &approval::Binding {
+                    namespace: &ns,
+                    uid: &uid,
+                    op_type: &op_type,
+                    target: &op.spec.target_ref.name,
+                    approved_by: approvals.and_then(|a| a.approved_by.as_deref()),
+                },
+            )
+        })
+        .map_err(|why| {
+            block(
+                r::AWAITING_APPROVAL,
+                format!("invalid approval claim: {why}"),
+            )
+        })
+}
 
 fn phase(op: &Operation) -> Option<Phase> {
     op.status.as_ref().and_then(|s| s.phase)
