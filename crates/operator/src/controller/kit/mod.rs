@@ -20,7 +20,7 @@
 //! - **typed errors** ([`Error`], [`Stage`]): tag each fallible step with
 //!   `.at(Stage::Observe | Apply | Status | Finalizer)`, or return
 //!   [`Error::invalid_spec`]; the category feeds the error metric, `reason()` a condition;
-//! - **[`error_policy`]**: per-object exponential backoff (1 s doubling to 2 min, reset by
+//! - **[`error_policy`]**: per-object exponential backoff (1 s doubling to 1 min, reset by
 //!   a successful pass, bounded map); an invalid spec waits for a change instead of
 //!   requeueing;
 //! - **[`Kit::apply_status`]**: the whole status written by server-side apply on the
@@ -234,7 +234,7 @@ where
     let key = object_key(&*obj);
     let span = tracing::info_span!("reconcile", controller = %controller, object = %key);
     let started = Instant::now();
-    let result = f(obj, ctx.clone()).instrument(span.clone()).await;
+    let result = f(obj, ctx.clone()).instrument(span).await;
     let kit = ctx.kit();
     kit.metrics.record_reconcile(
         &controller,
