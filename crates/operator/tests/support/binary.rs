@@ -1,14 +1,10 @@
-//! Helpers shared by the end-to-end tests: the operator binary under the chart's RBAC.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The operator binary as the chart runs it.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use kube::Client;
-use testkit::{ControlPlane, fresh_namespace};
+use testkit::ControlPlane;
 use tokio::process::{Child, Command};
 
 pub fn chart_rules(file: &str) -> Vec<PolicyRule> {
@@ -121,26 +117,4 @@ impl Operator {
         let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
         Some((code, body))
     }
-}
-
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub async fn setup(prefix: &str) -> (&'static ControlPlane, Client, String) {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, prefix).await.unwrap();
-    (cp, client, ns)
 }
