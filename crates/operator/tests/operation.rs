@@ -148,19 +148,8 @@ async fn restore_waits_for_a_valid_approval() {
     .await;
     let m = env.wait_blocked("restore", "AwaitingApproval").await;
     assert!(m.contains("approval claim required"), "{m}");
-    let ops = env.ops();
-    let set_claim = |claim: String| {
-        let ops = ops.clone();
-        async move {
-            ops.patch(
-                "restore",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"approvals": {"claim": claim}}})),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let set_claim =
+        |claim: String| env.patch_spec("restore", json!({"approvals": {"claim": claim}}));
     set_claim(approval::issue(
         "wrong-secret",
         "restore",
@@ -321,14 +310,7 @@ async fn cancel_and_timeout_stop_the_workload() {
     )
     .await;
     env.wait_phase("long", Phase::Running).await;
-    env.ops()
-        .patch(
-            "long",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cancel": true}})),
-        )
-        .await
-        .unwrap();
+    env.cancel("long").await;
     let op = env.wait_phase("long", Phase::Cancelled).await;
     assert_eq!(
         find(&op.status.as_ref().unwrap().conditions, "Cancelled")
@@ -372,14 +354,7 @@ async fn cancel_and_timeout_stop_the_workload() {
     )
     .await;
     env.wait_blocked("parked", "AwaitingApproval").await;
-    env.ops()
-        .patch(
-            "parked",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cancel": true}})),
-        )
-        .await
-        .unwrap();
+    env.cancel("parked").await;
     env.wait_phase("parked", Phase::Cancelled).await;
 }
 
