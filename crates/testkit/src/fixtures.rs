@@ -27,20 +27,37 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Calls `probe` until it yields a value and returns that value. Panics naming `what` once
 /// `timeout` has passed without one.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
+{
+    eventually_or_report(what, timeout, probe, || async {}).await
+}
+
+/// [`eventually`] that first runs `report` when time runs out (print what the cluster
+/// shows, so a failure explains itself), then panics.
+pub async fn eventually_or_report<T, F, Fut, R, RFut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+    report: R,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+    R: FnOnce() -> RFut,
+    RFut: Future<Output = ()>,
 {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            report().await;
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
         tokio::time::sleep(POLL).await;
     }
 }
