@@ -6,13 +6,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use testkit::{ControlPlane, fresh_namespace};
+use testkit::ControlPlane;
+use testkit::fixtures::{TestNamespace, test_namespace};
 use vworkspace_api::{ApplicationInstance, Cluster, Operation};
 
 async fn setup(prefix: &str) -> (Client, String) {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, prefix).await.unwrap();
+    let TestNamespace { client, ns, .. } = test_namespace(prefix).await.unwrap();
     (client, ns)
 }
 

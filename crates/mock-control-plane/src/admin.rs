@@ -214,6 +214,21 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Removes every injected fault, used up or not.
+    pub async fn clear_faults(&self) -> Result<()> {
+        self.send(self.req(reqwest::Method::DELETE, "/api/admin/faults"))
+            .await?;
+        Ok(())
+    }
+
+    /// How many requests reached agent endpoint `endpoint` (a [`Fault`] endpoint name),
+    /// faulted ones included, since the start or the last reset.
+    pub async fn request_count(&self, endpoint: &str) -> Result<u64> {
+        let v: Value = self.get("/api/admin/requests").await?.unwrap_or_default();
+        Ok(v["requests"][endpoint].as_u64().unwrap_or(0))
+    }
+
+    /// Clears jobs, results, status updates, events, faults and request counts (tokens stay).
     pub async fn reset(&self) -> Result<()> {
         self.post("/api/admin/reset", &json!({})).await?;
         Ok(())

@@ -1,7 +1,8 @@
 //! The HTTP surface: agent endpoints (`/api/agent/*`) and the admin API (`/api/admin/*`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -62,6 +63,8 @@ pub(crate) struct Shared {
     config: MockConfig,
     store: Store,
     faults: Faults,
+    /// Requests received per fault endpoint name, faulted ones included (in memory only).
+    requests: Mutex<BTreeMap<&'static str, u64>>,
     /// Wakes long polls when a job is enqueued.
     enqueued: Notify,
 }
@@ -572,8 +575,21 @@ async fn admin_faults(State(s): State<S>, body: String) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+async fn admin_clear_faults(State(s): State<S>) -> Response {
+    s.faults.clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_requests(State(s): State<S>) -> Response {
+    let counts = s.requests.lock().map(|r| r.clone()).unwrap_or_default();
+    json(StatusCode::OK, &serde_json::json!({ "requests": counts }))
+}
+
 async fn admin_reset(State(s): State<S>) -> Response {
     s.faults.clear();
+    if let Ok(mut r) = s.requests.lock() {
+        r.clear();
+    }
     match s.store.reset() {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => internal(e),
@@ -582,6 +598,9 @@ async fn admin_reset(State(s): State<S>) -> Response {
 
 async fn inject(State(s): State<S>, req: Request, next: Next) -> Response<Body> {
     let endpoint = endpoint_of(req.method().as_str(), req.uri().path());
+    if let (Some(e), Ok(mut counts)) = (endpoint, s.requests.lock()) {
+        *counts.entry(e).or_default() += 1;
+    }
     let Some(injected) = endpoint.and_then(|e| s.faults.take(e)) else {
         return next.run(req).await;
     };
@@ -618,6 +637,7 @@ fn build(config: MockConfig) -> anyhow::Result<(Router, S)> {
         config,
         store,
         faults: Faults::default(),
+        requests: Mutex::default(),
         enqueued: Notify::new(),
     });
     let admin = Router::new()
@@ -632,7 +652,11 @@ fn build(config: MockConfig) -> anyhow::Result<(Router, S)> {
         )
         .route("/api/admin/clusters/{id}/rotate", post(admin_rotate))
         .route("/api/admin/clusters/{id}/revoke", post(admin_revoke))
-        .route("/api/admin/faults", post(admin_faults))
+        .route(
+            "/api/admin/faults",
+            post(admin_faults).delete(admin_clear_faults),
+        )
+        .route("/api/admin/requests", get(admin_requests))
         .route("/api/admin/reset", post(admin_reset))
         .layer(middleware::from_fn_with_state(shared.clone(), admin_auth));
     let agent = Router::new()

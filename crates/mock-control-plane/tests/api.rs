@@ -19,6 +19,20 @@ fn config() -> MockConfig {
     }
 }
 
+/// [`config`] with state in a new database file in a directory named after `tag` (returned
+/// for cleanup).
+fn durable_config(tag: &str) -> (MockConfig, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("state.db");
+    let _ = std::fs::remove_file(&db);
+    let cfg = MockConfig {
+        db_path: Some(db),
+        ..config()
+    };
+    (cfg, dir)
+}
+
 struct Agent {
     http: reqwest::Client,
     url: String,
@@ -31,6 +45,15 @@ impl Agent {
             .request(m, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .header("accept", MEDIA_TYPE)
+    }
+    /// One poll without waiting, as it came back (or failed).
+    async fn poll_raw(&self) -> reqwest::Result<reqwest::Response> {
+        self.req(
+            reqwest::Method::GET,
+            &format!("/api/agent/jobs?cluster={CLUSTER}&wait=0"),
+        )
+        .send()
+        .await
     }
     async fn poll(&self, wait: &str) -> (u16, Value) {
         let r = self
@@ -270,12 +293,7 @@ async fn long_poll_wakes_on_enqueue() {
 
 #[tokio::test]
 async fn restart_with_the_same_database_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("mock-cp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("state.db");
-    let _ = std::fs::remove_file(&db);
-    let mut cfg = config();
-    cfg.db_path = Some(db.clone());
+    let (cfg, dir) = durable_config("mock-cp");
     let server = MockServer::start(cfg.clone()).await.unwrap();
     let agent = registered(&server).await;
     let admin = server.admin();
@@ -362,14 +380,7 @@ async fn faults_are_injected_per_endpoint() {
         })
         .await
         .unwrap();
-    let r = agent
-        .req(
-            reqwest::Method::GET,
-            &format!("/api/agent/jobs?cluster={CLUSTER}&wait=0"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = agent.poll_raw().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "7");
     assert_eq!(agent.poll("0").await.0, 200, "count used up");
@@ -414,18 +425,44 @@ async fn faults_are_injected_per_endpoint() {
         })
         .await
         .unwrap();
-    let r = agent
-        .req(
-            reqwest::Method::GET,
-            &format!("/api/agent/jobs?cluster={CLUSTER}&wait=0"),
-        )
-        .send()
-        .await;
+    let r = agent.poll_raw().await;
     let failed = match r {
         Err(_) => true,
         Ok(resp) => resp.bytes().await.is_err(),
     };
     assert!(failed, "the dropped connection must surface as an error");
+}
+
+#[tokio::test]
+async fn requests_are_counted_and_faults_can_be_cleared() {
+    let server = MockServer::start(config()).await.unwrap();
+    let admin = server.admin();
+    assert_eq!(admin.request_count("register").await.unwrap(), 0);
+    let agent = registered(&server).await;
+    // A rejected registration counts too: it reached the endpoint.
+    assert_eq!(register(&server.url(), REG).await.status(), 401);
+    assert_eq!(admin.request_count("register").await.unwrap(), 2);
+    // Faulted requests count; admin calls and other endpoints do not.
+    admin
+        .inject_fault(Fault::status("*", 503, 100))
+        .await
+        .unwrap();
+    assert_eq!(agent.poll("0").await.0, 503);
+    assert_eq!(agent.poll("0").await.0, 503);
+    assert_eq!(admin.request_count("jobs").await.unwrap(), 2);
+    assert_eq!(admin.request_count("events").await.unwrap(), 0);
+    // Clearing ends an unfinished fault at once.
+    admin.clear_faults().await.unwrap();
+    assert_eq!(agent.poll("0").await.0, 200);
+    assert_eq!(
+        agent.post("/api/agent/events", json!({"events": []})).await,
+        204
+    );
+    assert_eq!(admin.request_count("jobs").await.unwrap(), 3);
+    assert_eq!(admin.request_count("events").await.unwrap(), 1);
+    // Reset forgets the counts.
+    admin.reset().await.unwrap();
+    assert_eq!(admin.request_count("jobs").await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -649,42 +686,19 @@ async fn admin_api_validates_and_resets() {
             .json(&body)
             .send()
     };
-    let code = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(
-        code(
-            admin_post("/api/admin/enqueue", json!({"job": {"id": "x"}}))
-                .await
-                .unwrap()
+    // Each malformed admin request is answered 400.
+    for (path, body) in [
+        ("/api/admin/enqueue", json!({"job": {"id": "x"}})),
+        (
+            "/api/admin/enqueue",
+            json!({"clusterId": "c", "job": {"id": ""}}),
         ),
-        400
-    );
-    assert_eq!(
-        code(
-            admin_post(
-                "/api/admin/enqueue",
-                json!({"clusterId": "c", "job": {"id": ""}})
-            )
-            .await
-            .unwrap()
-        ),
-        400
-    );
-    assert_eq!(
-        code(
-            admin_post("/api/admin/faults", json!({"endpoint": "jbos", "count": 1}))
-                .await
-                .unwrap()
-        ),
-        400
-    );
-    assert_eq!(
-        code(
-            admin_post("/api/admin/faults", json!({"endpoint": "jobs", "count": 0}))
-                .await
-                .unwrap()
-        ),
-        400
-    );
+        ("/api/admin/faults", json!({"endpoint": "jbos", "count": 1})),
+        ("/api/admin/faults", json!({"endpoint": "jobs", "count": 0})),
+    ] {
+        let r = admin_post(path, body).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+    }
     let r = reqwest::Client::new()
         .get(format!("{url}/api/admin/events"))
         .header(mock_control_plane::ADMIN_HEADER, "admin")
@@ -724,12 +738,7 @@ async fn admin_api_validates_and_resets() {
 
 #[tokio::test]
 async fn restart_keeps_events_status_updates_and_rotated_tokens() {
-    let dir = std::env::temp_dir().join(format!("mock-cp-b-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("state.db");
-    let _ = std::fs::remove_file(&db);
-    let mut cfg = config();
-    cfg.db_path = Some(db.clone());
+    let (cfg, dir) = durable_config("mock-cp-b");
     let server = MockServer::start(cfg.clone()).await.unwrap();
     let agent = registered(&server).await;
     let admin = server.admin();

@@ -1,24 +1,20 @@
-//! Pull-mode agent + Cluster controller against a real kube-apiserver and an in-test
-//! control plane speaking the agent protocol (strict: unknown tokens 401, old token
-//! revoked on rotation, fault injection). One sequential scenario, because `Cluster` is
+//! Pull-mode agent + Cluster controller against a real kube-apiserver and the project's
+//! mock control plane, strict (single-use registration token, old token revoked on
+//! rotation) with fault injection. One sequential scenario, because `Cluster` is
 //! cluster-scoped and only one may be active per apiserver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use std::sync::Arc;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use mock_control_plane::{AdminClient, Fault};
 use serde_json::{Value, json};
-use testkit::{ControlPlane, fresh_namespace};
+use testkit::fixtures::{TestNamespace, test_namespace};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vworkspace_api::{ApplicationInstance, Cluster};
@@ -27,224 +23,46 @@ use vworkspace_operator::agent::events::BatcherConfig;
 use vworkspace_operator::agent::{Agent, AgentConfig, run_agent};
 use vworkspace_operator::controller::cluster;
 use vworkspace_operator::metrics::Metrics;
+use vworkspace_protocol::{Event, JobResult};
 
-#[derive(Default)]
-struct Cp {
-    registration: HashMap<String, String>,
-    tokens: HashMap<String, String>,
-    queue: Vec<Value>,
-    acked: HashSet<String>,
-    results: HashMap<String, Value>,
-    statuses: HashMap<String, Vec<Value>>,
-    events: Vec<Value>,
-    seen_keys: HashSet<String>,
-    fail: Option<u16>,
-    rotations: u32,
-    requests: Vec<String>,
+use support::{eventually, instance_controller_reports, job, managed_instance as instance};
+
+const CLUSTER_ID: &str = "cluster-test-1";
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn wait_result(admin: &AdminClient, id: &str) -> JobResult {
+    admin.wait_for_result(id, WAIT).await.unwrap()
 }
 
-type S = Arc<Mutex<Cp>>;
-
-fn bearer(h: &HeaderMap) -> String {
-    h.get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn err(code: u16, e: &str) -> Response {
-    (
-        StatusCode::from_u16(code).unwrap(),
-        axum::Json(json!({"error": e, "message": e})),
-    )
-        .into_response()
-}
-
-#[allow(clippy::result_large_err)]
-fn auth(s: &Cp, h: &HeaderMap) -> Result<String, Response> {
-    if let Some(code) = s.fail {
-        return Err(err(code, "injected"));
-    }
-    s.tokens
-        .get(&bearer(h))
-        .cloned()
-        .ok_or_else(|| err(401, "Unauthorized"))
-}
-
-async fn register(State(s): State<S>, h: HeaderMap) -> Response {
-    let mut s = s.lock().unwrap();
-    s.requests.push("register".into());
-    let Some(id) = s.registration.remove(&bearer(&h)) else {
-        return err(401, "Unauthorized");
-    };
-    let token = format!("bootstrap-{id}");
-    s.tokens.insert(token.clone(), id.clone());
-    axum::Json(json!({"clusterId": id, "token": token})).into_response()
-}
-
-async fn jobs(State(s): State<S>, h: HeaderMap, uri: axum::http::Uri) -> Response {
-    let q: HashMap<String, String> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let wait: u64 = q.get("wait").and_then(|w| w.parse().ok()).unwrap_or(30);
-    let deadline = Instant::now() + Duration::from_secs(wait.min(2));
-    loop {
-        {
-            let mut st = s.lock().unwrap();
-            let id = match auth(&st, &h) {
-                Ok(id) => id,
-                Err(r) => return r,
-            };
-            if q.get("cluster") != Some(&id) {
-                return err(403, "Forbidden");
-            }
-            if !st.queue.is_empty() || Instant::now() >= deadline {
-                let jobs: Vec<Value> = st.queue.drain(..).collect();
-                return axum::Json(
-                    json!({"jobs": if jobs.is_empty() { Value::Null } else { jobs.into() }}),
-                )
-                .into_response();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn job_op(
-    State(s): State<S>,
-    h: HeaderMap,
-    Path((id, op)): Path<(String, String)>,
-    body: String,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Err(r) = auth(&st, &h) {
-        return r;
-    }
-    match op.as_str() {
-        "ack" => {
-            if st.results.contains_key(&id) {
-                return StatusCode::CONFLICT.into_response();
-            }
-            st.acked.insert(id);
-        }
-        "status" => st
-            .statuses
-            .entry(id)
-            .or_default()
-            .push(serde_json::from_str(&body).unwrap()),
-        "result" => {
-            if st.results.contains_key(&id) {
-                return StatusCode::CONFLICT.into_response();
-            }
-            st.results.insert(id, serde_json::from_str(&body).unwrap());
-        }
-        _ => return err(404, "NotFound"),
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn events(State(s): State<S>, h: HeaderMap, body: String) -> Response {
-    let mut st = s.lock().unwrap();
-    if let Err(r) = auth(&st, &h) {
-        return r;
-    }
-    let v: Value = serde_json::from_str(&body).unwrap();
-    for e in v["events"].as_array().unwrap() {
-        let key = e["eventKey"].as_str().unwrap_or_default().to_string();
-        if !key.is_empty() && !st.seen_keys.insert(key) {
-            continue;
-        }
-        st.events.push(e.clone());
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn rotate(State(s): State<S>, h: HeaderMap) -> Response {
-    let mut st = s.lock().unwrap();
-    let id = match auth(&st, &h) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    st.rotations += 1;
-    // Strict: the old token is revoked at once.
-    st.tokens.remove(&bearer(&h));
-    let token = format!("bootstrap-{id}-rotated-{}", st.rotations);
-    st.tokens.insert(token.clone(), id);
-    axum::Json(json!({"token": token})).into_response()
-}
-
-async fn start_cp() -> (S, String) {
-    let s: S = Arc::new(Mutex::new(Cp::default()));
-    let app = Router::new()
-        .route("/api/agent/register", post(register))
-        .route("/api/agent/jobs", get(jobs))
-        .route("/api/agent/jobs/{id}/{op}", post(job_op))
-        .route("/api/agent/events", post(events))
-        .route("/api/agent/credentials/rotate", post(rotate))
-        .with_state(s.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (s, format!("http://{addr}"))
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn result_of(s: &S, id: &str) -> Option<Value> {
-    s.lock().unwrap().results.get(id).cloned()
-}
-
-async fn wait_result(s: &S, id: &str) -> Value {
-    eventually(&format!("result of {id}"), || async { result_of(s, id) }).await
-}
-
-fn enqueue(s: &S, job: Value) {
-    s.lock().unwrap().queue.push(job);
-}
-
-fn job(id: &str, kind: &str, key: &str, payload: Value) -> Value {
-    json!({"id": id, "kind": kind, "payload": payload, "idempotencyKey": key,
-           "createdAt": jiff::Timestamp::now().to_string(), "expiresAt": "0001-01-01T00:00:00Z"})
-}
-
-fn instance(ns: &str, name: &str, version: &str) -> Value {
-    json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"appRef": {"catalogId": name},
-                 "chart": {"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": version},
-                 "release": {"name": name, "namespace": ns},
-                 "values": {"source": "inline", "inline": {}}}
+/// The first event of `kind` about object `name` that `pick` accepts, once it arrived.
+async fn wait_event(
+    admin: &AdminClient,
+    what: &str,
+    kind: &str,
+    name: Option<&str>,
+    pick: impl Fn(&Event) -> bool,
+) -> Event {
+    eventually(what, WAIT, || async {
+        let events = admin
+            .events(CLUSTER_ID, Some(kind), None, name)
+            .await
+            .unwrap();
+        events.into_iter().find(|e| pick(e))
     })
+    .await
 }
 
-async fn set_ready(api: &Api<ApplicationInstance>, name: &str, status: &str, reason: &str) {
-    let inst = api.get(name).await.unwrap();
-    let patch = json!({"status": {"conditions": [{
-        "type": "Ready", "status": status, "reason": reason, "message": "played by the test",
-        "lastTransitionTime": jiff::Timestamp::now().to_string(),
-        "observedGeneration": inst.metadata.generation}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+async fn all_events(admin: &AdminClient) -> usize {
+    admin
+        .events(CLUSTER_ID, None, None, None)
         .await
-        .unwrap();
+        .unwrap()
+        .len()
+}
+
+/// Plays the ApplicationInstance controller reporting `Ready=<status>`.
+async fn set_ready(api: &Api<ApplicationInstance>, name: &str, status: &str, reason: &str) {
+    instance_controller_reports(api, name, status, reason, "played by the test").await;
 }
 
 async fn cluster_condition(
@@ -278,15 +96,12 @@ fn config(op_ns: &str) -> AgentConfig {
 
 #[tokio::test]
 async fn pull_mode_end_to_end() {
-    let cp = ControlPlane::get().await.unwrap();
-    let client: Client = cp.client().await.unwrap();
-    let op_ns = fresh_namespace(&client, "agent-op").await.unwrap();
+    let TestNamespace {
+        client, ns: op_ns, ..
+    } = test_namespace("agent-op").await.unwrap();
     let tenant = format!("agent-tenant-{}", std::process::id());
-    let (s, url) = start_cp().await;
-    s.lock()
-        .unwrap()
-        .registration
-        .insert("vwksp-reg-test".into(), "cluster-test-1".into());
+    let mock = support::mock("vwksp-reg-test", CLUSTER_ID).await;
+    let admin = mock.admin();
 
     let metrics = Arc::new(Metrics::new());
     let agent = Agent::new(client.clone(), config(&op_ns), metrics.clone()).unwrap();
@@ -315,12 +130,12 @@ async fn pull_mode_end_to_end() {
             &PostParams::default(),
             &serde_json::from_value(json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
                 "metadata": {"name": "agent-test"},
-                "spec": {"controlPlaneEndpoint": url, "registrationTokenSecretRef": {"name": "reg"}}}))
+                "spec": {"controlPlaneEndpoint": mock.url(), "registrationTokenSecretRef": {"name": "reg"}}}))
             .unwrap(),
         )
         .await
         .unwrap();
-    eventually("Cluster Connected", || async {
+    eventually("Cluster Connected", WAIT, || async {
         cluster_condition(&clusters, "agent-test", "Connected")
             .await
             .filter(|(p, s, r)| p == "Connected" && s == "True" && r == "RoundTripOK")
@@ -329,7 +144,7 @@ async fn pull_mode_end_to_end() {
     let c = clusters.get("agent-test").await.unwrap();
     let st = c.status.clone().unwrap();
     assert_eq!(st.observed_token.as_deref().map(str::len), Some(16));
-    assert_eq!(c.spec.cluster_id.as_deref(), Some("cluster-test-1"));
+    assert_eq!(c.spec.cluster_id.as_deref(), Some(CLUSTER_ID));
     assert!(
         c.finalizers()
             .iter()
@@ -338,42 +153,31 @@ async fn pull_mode_end_to_end() {
     let creds = secrets.get("vworkspace-agent-credentials").await.unwrap();
     assert_eq!(creds.owner_references()[0].name, "agent-test");
     assert!(vworkspace_api::conditions::find(&st.conditions, "ControllersHealthy").is_some());
-    assert_eq!(
-        s.lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| *r == "register")
-            .count(),
-        1
-    );
+    assert_eq!(admin.request_count("register").await.unwrap(), 1);
     // Heartbeat carries the condition snapshot under the Cluster's object name.
-    eventually("heartbeat", || async {
-        s.lock()
-            .unwrap()
-            .events
-            .iter()
-            .find(|e| {
-                e["kind"] == "ClusterHeartbeat"
-                    && e["resourceRef"]["name"] == "agent-test"
-                    && e["conditions"].as_array().is_some_and(|c| !c.is_empty())
-            })
-            .cloned()
-    })
+    wait_event(
+        &admin,
+        "heartbeat",
+        "ClusterHeartbeat",
+        Some("agent-test"),
+        |e| !e.conditions.is_empty(),
+    )
     .await;
 
     // --- apply: instance written with labels; succeeded only after Ready=True.
     let instances: Api<ApplicationInstance> = Api::namespaced(client.clone(), &tenant);
+    let enqueue = |id: &str, kind: &str, key: &str, payload: Value| {
+        let (admin, job) = (admin.clone(), job(id, kind, key, payload));
+        async move { admin.enqueue(CLUSTER_ID, &job).await.unwrap() }
+    };
     enqueue(
-        &s,
-        job(
-            "j-apply",
-            "apply",
-            "applicationinstance/t/wiki@1",
-            instance(&tenant, "wiki", "1.0.0"),
-        ),
-    );
-    let inst = eventually("instance", || async {
+        "j-apply",
+        "apply",
+        "applicationinstance/t/wiki@1",
+        instance(&tenant, "wiki", "1.0.0"),
+    )
+    .await;
+    let inst = eventually("instance", WAIT, || async {
         instances.get_opt("wiki").await.unwrap()
     })
     .await;
@@ -381,115 +185,91 @@ async fn pull_mode_end_to_end() {
         inst.labels()["app.vworkspace.io/managed-by"],
         "control-plane"
     );
-    assert_eq!(
-        inst.labels()["app.vworkspace.io/cluster-id"],
-        "cluster-test-1"
-    );
+    assert_eq!(inst.labels()["app.vworkspace.io/cluster-id"], CLUSTER_ID);
     let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .get(&tenant)
         .await
         .unwrap();
     assert_eq!(ns.labels()["managed-by"], "vworkspace");
-    assert!(s.lock().unwrap().acked.contains("j-apply"));
+    assert!(admin.was_acked("j-apply").await.unwrap());
     set_ready(&instances, "wiki", "Unknown", "Reconciling").await;
-    eventually("interim status", || async {
-        s.lock().unwrap().statuses.get("j-apply").cloned()
+    eventually("interim status", WAIT, || async {
+        let updates = admin.status_updates("j-apply").await.unwrap();
+        (!updates.is_empty()).then_some(updates)
     })
     .await;
     assert!(
-        result_of(&s, "j-apply").is_none(),
+        admin.result("j-apply").await.unwrap().is_none(),
         "succeeded before Ready=True"
     );
     set_ready(&instances, "wiki", "True", "HelmReleaseReady").await;
-    let r = wait_result(&s, "j-apply").await;
-    assert_eq!(r["outcome"], "succeeded", "{r}");
-    assert_eq!(r["appliedRef"]["name"], "wiki");
+    let r = wait_result(&admin, "j-apply").await;
+    assert_eq!(r.outcome, "succeeded", "{r:?}");
+    assert_eq!(r.applied_ref.as_ref().unwrap().name, "wiki");
     // The Ready transition reached the events endpoint.
-    eventually("ConditionTransition Ready=True", || async {
-        s.lock()
-            .unwrap()
-            .events
-            .iter()
-            .find(|e| {
-                e["kind"] == "ConditionTransition"
-                    && e["resourceRef"]["name"] == "wiki"
-                    && e["conditions"][0]["status"] == "True"
-            })
-            .cloned()
-    })
+    wait_event(
+        &admin,
+        "ConditionTransition Ready=True",
+        "ConditionTransition",
+        Some("wiki"),
+        |e| e.conditions.first().is_some_and(|c| c.status == "True"),
+    )
     .await;
 
     // --- replay → noop; expired → noop/expired.
     enqueue(
-        &s,
-        job(
-            "j-replay",
-            "apply",
-            "applicationinstance/t/wiki@1",
-            instance(&tenant, "wiki", "1.0.0"),
-        ),
-    );
-    let r = wait_result(&s, "j-replay").await;
-    assert_eq!(
-        (r["outcome"].as_str(), r.get("error")),
-        (Some("noop"), None)
-    );
+        "j-replay",
+        "apply",
+        "applicationinstance/t/wiki@1",
+        instance(&tenant, "wiki", "1.0.0"),
+    )
+    .await;
+    let r = wait_result(&admin, "j-replay").await;
+    assert_eq!((r.outcome.as_str(), r.error.as_str()), ("noop", ""));
     let mut expired = job(
         "j-expired",
         "apply",
         "",
         instance(&tenant, "other", "1.0.0"),
     );
-    expired["expiresAt"] = "2020-01-01T00:00:00Z".into();
-    enqueue(&s, expired);
-    let r = wait_result(&s, "j-expired").await;
-    assert_eq!(
-        (r["outcome"].as_str(), r["error"].as_str()),
-        (Some("noop"), Some("expired"))
-    );
+    expired.expires_at = Some("2020-01-01T00:00:00Z".parse().unwrap());
+    admin.enqueue(CLUSTER_ID, &expired).await.unwrap();
+    let r = wait_result(&admin, "j-expired").await;
+    assert_eq!((r.outcome.as_str(), r.error.as_str()), ("noop", "expired"));
     assert!(instances.get_opt("other").await.unwrap().is_none());
 
     // --- scope refusals.
     enqueue(
-        &s,
-        job(
-            "j-kube-system",
-            "apply",
-            "",
-            instance("kube-system", "evil", "1.0.0"),
-        ),
-    );
+        "j-kube-system",
+        "apply",
+        "",
+        instance("kube-system", "evil", "1.0.0"),
+    )
+    .await;
     enqueue(
-        &s,
-        job(
-            "j-clusterrole",
-            "apply",
-            "",
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "evil"}, "rules": []}),
-        ),
-    );
+        "j-clusterrole",
+        "apply",
+        "",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "evil"}, "rules": []}),
+    )
+    .await;
     enqueue(
-        &s,
-        job(
-            "j-malformed",
-            "apply",
-            "",
-            json!({"kind": "ApplicationInstance"}),
-        ),
-    );
-    enqueue(&s, job("j-unknown-kind", "frobnicate", "", json!({})));
-    let r = wait_result(&s, "j-kube-system").await;
-    assert_eq!(r["outcome"], "failed");
-    assert!(r["error"].as_str().unwrap().contains("kube-system"), "{r}");
-    let r = wait_result(&s, "j-clusterrole").await;
-    assert!(r["error"].as_str().unwrap().contains("sensitive"), "{r}");
-    let r = wait_result(&s, "j-malformed").await;
-    assert!(r["error"].as_str().unwrap().contains("apiVersion"), "{r}");
-    let r = wait_result(&s, "j-unknown-kind").await;
-    assert!(
-        r["error"].as_str().unwrap().contains("unknown job kind"),
-        "{r}"
-    );
+        "j-malformed",
+        "apply",
+        "",
+        json!({"kind": "ApplicationInstance"}),
+    )
+    .await;
+    enqueue("j-unknown-kind", "frobnicate", "", json!({})).await;
+    let r = wait_result(&admin, "j-kube-system").await;
+    assert_eq!(r.outcome, "failed");
+    assert!(r.error.contains("kube-system"), "{r:?}");
+    let r = wait_result(&admin, "j-clusterrole").await;
+    assert!(r.error.contains("sensitive"), "{r:?}");
+    let r = wait_result(&admin, "j-malformed").await;
+    assert!(r.error.contains("apiVersion"), "{r:?}");
+    let r = wait_result(&admin, "j-unknown-kind").await;
+    assert!(r.error.contains("unknown job kind"), "{r:?}");
 
     // --- conflict: another manager owns spec.chart.version.
     instances
@@ -503,81 +283,71 @@ async fn pull_mode_end_to_end() {
         .await
         .unwrap();
     enqueue(
-        &s,
-        job(
-            "j-conflict",
-            "apply",
-            "applicationinstance/t/wiki@2",
-            instance(&tenant, "wiki", "2.0.0"),
-        ),
-    );
-    let r = wait_result(&s, "j-conflict").await;
-    assert_eq!(r["outcome"], "conflict", "{r}");
-    let e = r["error"].as_str().unwrap();
+        "j-conflict",
+        "apply",
+        "applicationinstance/t/wiki@2",
+        instance(&tenant, "wiki", "2.0.0"),
+    )
+    .await;
+    let r = wait_result(&admin, "j-conflict").await;
+    assert_eq!(r.outcome, "conflict", "{r:?}");
     assert!(
-        e.contains("someone-else") && e.contains(".spec.chart.version"),
-        "{e}"
+        r.error.contains("someone-else") && r.error.contains(".spec.chart.version"),
+        "{}",
+        r.error
     );
 
     // --- intents.
     let mut op_inst = instance(&tenant, "viaintent", "1.0.0");
     op_inst["spec"]["unknownField"] = json!(1);
     enqueue(
-        &s,
-        job(
-            "j-ensure",
-            "intent",
-            "",
-            json!({"intent": "ensure-application-instance", "applicationInstance": op_inst}),
-        ),
-    );
-    eventually("intent instance", || async {
+        "j-ensure",
+        "intent",
+        "",
+        json!({"intent": "ensure-application-instance", "applicationInstance": op_inst}),
+    )
+    .await;
+    eventually("intent instance", WAIT, || async {
         instances.get_opt("viaintent").await.unwrap()
     })
     .await;
     set_ready(&instances, "viaintent", "True", "HelmReleaseReady").await;
-    assert_eq!(wait_result(&s, "j-ensure").await["outcome"], "succeeded");
+    assert_eq!(wait_result(&admin, "j-ensure").await.outcome, "succeeded");
     enqueue(
-        &s,
-        job(
-            "j-del-intent",
-            "intent",
-            "",
-            json!({"intent": "delete-application-instance", "name": "viaintent", "namespace": tenant}),
-        ),
-    );
+        "j-del-intent",
+        "intent",
+        "",
+        json!({"intent": "delete-application-instance", "name": "viaintent", "namespace": tenant}),
+    )
+    .await;
     assert_eq!(
-        wait_result(&s, "j-del-intent").await["outcome"],
+        wait_result(&admin, "j-del-intent").await.outcome,
         "succeeded"
     );
     enqueue(
-        &s,
-        job(
-            "j-bad-intent",
-            "intent",
-            "",
-            json!({"intent": "launch-rockets"}),
-        ),
-    );
+        "j-bad-intent",
+        "intent",
+        "",
+        json!({"intent": "launch-rockets"}),
+    )
+    .await;
     assert!(
-        wait_result(&s, "j-bad-intent").await["error"]
-            .as_str()
-            .unwrap()
+        wait_result(&admin, "j-bad-intent")
+            .await
+            .error
             .contains("unsupported intent")
     );
 
     // --- delete.
     enqueue(
-        &s,
-        job(
-            "j-delete",
-            "delete",
-            "",
-            json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki", "namespace": tenant}),
-        ),
-    );
-    assert_eq!(wait_result(&s, "j-delete").await["outcome"], "succeeded");
-    eventually("instance gone", || async {
+        "j-delete",
+        "delete",
+        "",
+        json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki", "namespace": tenant}),
+    )
+    .await;
+    assert_eq!(wait_result(&admin, "j-delete").await.outcome, "succeeded");
+    eventually("instance gone", WAIT, || async {
         instances
             .get_opt("wiki")
             .await
@@ -588,8 +358,11 @@ async fn pull_mode_end_to_end() {
     .await;
 
     // --- control plane down: events stay queued, then drain; none lost.
-    s.lock().unwrap().fail = Some(503);
-    let before = s.lock().unwrap().events.len();
+    admin
+        .inject_fault(Fault::status("*", 503, u32::MAX))
+        .await
+        .unwrap();
+    let before = all_events(&admin).await;
     for i in 0..5 {
         instances
             .create(
@@ -600,26 +373,30 @@ async fn pull_mode_end_to_end() {
             .unwrap();
         set_ready(&instances, &format!("down-{i}"), "False", "Reconciling").await;
     }
-    eventually("events queued while down", || async {
+    eventually("events queued while down", WAIT, || async {
         (agent.batcher().len() >= 5).then_some(())
     })
     .await;
-    assert_eq!(s.lock().unwrap().events.len(), before);
-    s.lock().unwrap().fail = None;
-    eventually("queued events delivered", || async {
-        let st = s.lock().unwrap();
+    assert_eq!(all_events(&admin).await, before);
+    admin.clear_faults().await.unwrap();
+    eventually("queued events delivered", WAIT, || async {
+        let events = admin
+            .events(CLUSTER_ID, Some("ConditionTransition"), None, None)
+            .await
+            .unwrap();
         (0..5)
             .all(|i| {
-                st.events.iter().any(|e| {
-                    e["resourceRef"]["name"] == format!("down-{i}").as_str()
-                        && e["kind"] == "ConditionTransition"
-                })
+                events
+                    .iter()
+                    .any(|e| e.resource_ref.name == format!("down-{i}"))
             })
             .then_some(())
     })
     .await;
 
     // --- rotation while polling: old token revoked at once; the next job still flows.
+    let token_of = |s: Secret| s.data.unwrap()["token"].0.clone();
+    let first_token = token_of(secrets.get("vworkspace-agent-credentials").await.unwrap());
     clusters
         .patch(
             "agent-test",
@@ -628,13 +405,12 @@ async fn pull_mode_end_to_end() {
         )
         .await
         .unwrap();
-    eventually("rotated Secret", || async {
+    eventually("rotated Secret", WAIT, || async {
         let s = secrets.get("vworkspace-agent-credentials").await.ok()?;
-        let tok = String::from_utf8(s.data?.get("token")?.0.clone()).ok()?;
-        tok.contains("rotated").then_some(())
+        (token_of(s) != first_token).then_some(())
     })
     .await;
-    eventually("rotation flag cleared", || async {
+    eventually("rotation flag cleared", WAIT, || async {
         (clusters
             .get("agent-test")
             .await
@@ -646,26 +422,23 @@ async fn pull_mode_end_to_end() {
     })
     .await;
     enqueue(
-        &s,
-        job(
-            "j-after-rotation",
-            "delete",
-            "",
-            json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "down-0", "namespace": tenant}),
-        ),
-    );
+        "j-after-rotation",
+        "delete",
+        "",
+        json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "down-0", "namespace": tenant}),
+    )
+    .await;
     assert_eq!(
-        wait_result(&s, "j-after-rotation").await["outcome"],
+        wait_result(&admin, "j-after-rotation").await.outcome,
         "succeeded"
     );
-    eventually("CredentialRotated audit event", || async {
-        s.lock()
-            .unwrap()
-            .events
-            .iter()
-            .find(|e| e["kind"] == "CredentialRotated")
-            .cloned()
-    })
+    wait_event(
+        &admin,
+        "CredentialRotated audit event",
+        "CredentialRotated",
+        None,
+        |_| true,
+    )
     .await;
 
     // --- a second Cluster is flagged and ignored.
@@ -678,21 +451,13 @@ async fn pull_mode_end_to_end() {
         )
         .await
         .unwrap();
-    eventually("DuplicateCluster", || async {
+    eventually("DuplicateCluster", WAIT, || async {
         cluster_condition(&clusters, "agent-test-dup", "Connected")
             .await
             .filter(|(p, _, r)| p == "Error" && r == "DuplicateCluster")
     })
     .await;
-    assert_eq!(
-        s.lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| *r == "register")
-            .count(),
-        1
-    );
+    assert_eq!(admin.request_count("register").await.unwrap(), 1);
     assert!(
         metrics
             .encode()

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use testkit::{ControlPlane, fresh_namespace};
+use testkit::fixtures::{TestNamespace, test_namespace};
 use vworkspace_operator::agent::client::{AgentClient, ClientError, Delivery};
 use vworkspace_operator::agent::connectivity::Windows;
 use vworkspace_operator::agent::credentials::{CredentialStore, SecretLocation};
@@ -65,46 +65,58 @@ fn script(s: &S, answers: &[(u16, Option<&str>, &str)]) {
         .collect();
 }
 
-#[tokio::test]
-async fn status_code_reactions() {
-    let cp = ControlPlane::get().await.unwrap();
-    let kube = cp.client().await.unwrap();
-    let ns = fresh_namespace(&kube, "agent-client").await.unwrap();
-    let (s, url) = server().await;
-    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
-    let write = |token: &'static str| {
-        let secrets = secrets.clone();
-        let url = url.clone();
-        async move {
-            secrets
-                .patch(
-                    "creds",
-                    &PatchParams::apply("test").force(),
-                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-                        "stringData": {"control-plane-base-url": url, "cluster-id": "c1", "token": token}})),
-                )
-                .await
-                .unwrap();
-        }
-    };
-    write("tok-1").await;
+/// An agent client whose credentials are Secret `creds` in `ns` (loaded once).
+async fn agent_client(
+    kube: &kube::Client,
+    ns: &str,
+) -> (Arc<Metrics>, Arc<CredentialStore>, AgentClient) {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(CredentialStore::new(
         kube.clone(),
         metrics.clone(),
         SecretLocation {
-            namespace: ns.clone(),
+            namespace: ns.to_string(),
             name: "creds".into(),
         },
     ));
     store.load().await.unwrap().unwrap();
     let client = AgentClient::new(store.clone(), metrics.clone(), Windows::default());
-    let res = JobResult {
+    (metrics, store, client)
+}
+
+/// Writes the agent's credentials Secret `creds` as the Cluster controller does.
+async fn write_creds(secrets: &Api<Secret>, url: &str, cluster: &str, token: &str) {
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                "stringData": {"control-plane-base-url": url, "cluster-id": cluster, "token": token}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn noop() -> JobResult {
+    JobResult {
         outcome: OUTCOME_NOOP.into(),
         error: String::new(),
         applied_ref: None,
         timestamp: jiff::Timestamp::now(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn status_code_reactions() {
+    let TestNamespace {
+        client: kube, ns, ..
+    } = test_namespace("agent-client").await.unwrap();
+    let (s, url) = server().await;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let write = |token: &'static str| write_creds(&secrets, &url, "c1", token);
+    write("tok-1").await;
+    let (metrics, store, client) = agent_client(&kube, &ns).await;
+    let res = noop();
 
     // 200 with jobs: null → empty.
     assert_eq!(client.poll(0).await.unwrap(), vec![]);
@@ -220,9 +232,9 @@ async fn status_codes_from_the_mock_control_plane() {
     use vworkspace_operator::agent::client::register;
     use vworkspace_operator::agent::credentials::Token;
 
-    let cp = ControlPlane::get().await.unwrap();
-    let kube = cp.client().await.unwrap();
-    let ns = fresh_namespace(&kube, "agent-mock").await.unwrap();
+    let TestNamespace {
+        client: kube, ns, ..
+    } = test_namespace("agent-mock").await.unwrap();
     let mock = MockServer::start(MockConfig {
         registration_token: "vwksp-reg-client".into(),
         cluster_id: "c-mock".into(),
@@ -244,39 +256,14 @@ async fn status_codes_from_the_mock_control_plane() {
     );
 
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
-    let write = |cluster: &str, token: &str| {
-        let (secrets, url) = (secrets.clone(), mock.url());
-        let (cluster, token) = (cluster.to_string(), token.to_string());
-        async move {
-            secrets
-                .patch(
-                    "creds",
-                    &PatchParams::apply("test").force(),
-                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-                        "stringData": {"control-plane-base-url": url, "cluster-id": cluster, "token": token}})),
-                )
-                .await
-                .unwrap();
-        }
+    let url = mock.url();
+    let write = |cluster: String, token: String| {
+        let (secrets, url) = (secrets.clone(), url.clone());
+        async move { write_creds(&secrets, &url, &cluster, &token).await }
     };
-    write(&cluster, token.expose()).await;
-    let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(CredentialStore::new(
-        kube.clone(),
-        metrics.clone(),
-        SecretLocation {
-            namespace: ns.clone(),
-            name: "creds".into(),
-        },
-    ));
-    store.load().await.unwrap().unwrap();
-    let client = AgentClient::new(store.clone(), metrics.clone(), Windows::default());
-    let res = JobResult {
-        outcome: OUTCOME_NOOP.into(),
-        error: String::new(),
-        applied_ref: None,
-        timestamp: jiff::Timestamp::now(),
-    };
+    write(cluster.clone(), token.expose().to_string()).await;
+    let (_metrics, store, client) = agent_client(&kube, &ns).await;
+    let res = noop();
 
     assert_eq!(client.poll(0).await.unwrap(), vec![]);
     // Unknown job: 404 → JobGone (dropped, not retried).
@@ -297,11 +284,8 @@ async fn status_codes_from_the_mock_control_plane() {
     // Injected 429 with Retry-After, 503, and a dropped connection.
     admin
         .inject_fault(Fault {
-            endpoint: "jobs".into(),
-            status: Some(429),
             retry_after: Some("9".into()),
-            count: 1,
-            ..Fault::default()
+            ..Fault::status("jobs", 429, 1)
         })
         .await
         .unwrap();
@@ -327,7 +311,7 @@ async fn status_codes_from_the_mock_control_plane() {
     assert!(client.poll(0).await.is_ok(), "recovers after the faults");
 
     // Wrong cluster id with a valid token: 403 → stop.
-    write("someone-else", token.expose()).await;
+    write("someone-else".into(), token.expose().to_string()).await;
     store.load().await.unwrap();
     assert!(matches!(
         client.poll(0).await,
@@ -336,7 +320,7 @@ async fn status_codes_from_the_mock_control_plane() {
     assert!(store.is_rejected());
 
     // Revoked token: 401; the reload finds the same Secret → rejected.
-    write(&cluster, token.expose()).await;
+    write(cluster.clone(), token.expose().to_string()).await;
     store.load().await.unwrap();
     admin.revoke(&cluster).await.unwrap();
     assert!(matches!(
@@ -346,7 +330,7 @@ async fn status_codes_from_the_mock_control_plane() {
     assert!(store.is_rejected());
     // A fresh token in the Secret resumes at once.
     let fresh = admin.rotate(&cluster).await.unwrap();
-    write(&cluster, &fresh).await;
+    write(cluster.clone(), fresh).await;
     store.load().await.unwrap();
     assert!(client.poll(0).await.is_ok());
 }

@@ -2,7 +2,8 @@
 //! test plays helm-controller by writing HelmRelease status.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,53 +12,73 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use testkit::{ControlPlane, fresh_namespace};
+use support::eventually;
+use testkit::fixtures::{TestNamespace, helm_controller_reports, test_namespace};
+use tokio::task::JoinHandle;
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::conditions::find;
 use vworkspace_operator::controller::{Context, application_instance};
 use vworkspace_operator::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 const CANARY: &str = "canary-7f3a9c-do-not-leak";
+const WAIT: Duration = Duration::from_secs(30);
 
-async fn setup(prefix: &str) -> (Client, String) {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, prefix).await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone()));
-    let scope = ns.clone();
-    tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
-    (client, ns)
+/// A fresh namespace with the controller reconciling it, and the APIs tests read there.
+struct Setup {
+    client: Client,
+    ns: String,
+    api: Api<ApplicationInstance>,
+    hrs: Api<HelmRelease>,
+    controller: JoinHandle<()>,
 }
 
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// The controller (with the context `ctx` builds) on a fresh namespace.
+async fn setup_with(prefix: &str, ctx: impl FnOnce(Client) -> Context) -> Setup {
+    let TestNamespace { client, ns, .. } = test_namespace(prefix).await.unwrap();
+    let ctx = Arc::new(ctx(client.clone()));
+    let scope = ns.clone();
+    let controller =
+        tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
+    Setup {
+        api: Api::namespaced(client.clone(), &ns),
+        hrs: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+        controller,
     }
 }
 
-const WAIT: Duration = Duration::from_secs(30);
+async fn setup(prefix: &str) -> Setup {
+    setup_with(prefix, Context::new).await
+}
 
+/// A managed instance of chart `chart`, labelled as the control plane's cluster `test-1`.
 fn instance(ns: &str, name: &str, chart: Value, values: Value) -> ApplicationInstance {
-    serde_json::from_value(json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app.vworkspace.io/cluster-id": "test-1"}},
-        "spec": {"appRef": {"catalogId": name}, "chart": chart,
-                 "release": {"name": name, "namespace": ns}, "values": values}
-    }))
-    .unwrap()
+    let mut v = support::instance(ns, name, chart, values);
+    v["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": "test-1"});
+    serde_json::from_value(v).unwrap()
 }
 
 fn helm_chart(version: &str) -> Value {
-    json!({"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": version})
+    support::helm_chart("wiki", version)
+}
+
+/// Chart `wiki` 1.0.0 with no values.
+fn plain(ns: &str, name: &str) -> ApplicationInstance {
+    instance(
+        ns,
+        name,
+        helm_chart("1.0.0"),
+        json!({"source": "inline", "inline": {}}),
+    )
+}
+
+/// HelmRelease `name` once the controller created it.
+async fn helm_release(hrs: &Api<HelmRelease>, name: &str) -> HelmRelease {
+    eventually(&format!("HelmRelease {name}"), WAIT, || async {
+        hrs.get_opt(name).await.unwrap()
+    })
+    .await
 }
 
 async fn condition(
@@ -86,34 +107,15 @@ async fn wait_condition(
     .await
 }
 
-/// Plays helm-controller: writes Ready (and Released) for the HelmRelease's generation.
-async fn flux_reports(
-    api: &Api<HelmRelease>,
-    name: &str,
-    ready: &str,
-    reason: &str,
-    message: &str,
-) {
-    let hr = api.get(name).await.unwrap();
-    let now = "2026-01-01T00:00:00Z";
-    let mut conditions = vec![
-        json!({"type": "Ready", "status": ready, "reason": reason, "message": message, "lastTransitionTime": now}),
-    ];
-    if ready == "False" {
-        conditions.push(json!({"type": "Released", "status": "False", "reason": reason, "message": message, "lastTransitionTime": now}));
-    }
-    let status =
-        json!({"status": {"observedGeneration": hr.metadata.generation, "conditions": conditions}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn helm_chart_is_delivered_and_status_follows_the_release() {
-    let (client, ns) = setup("ai-helm").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup("ai-helm").await;
     let inst = instance(
         &ns,
         "wiki",
@@ -122,10 +124,7 @@ async fn helm_chart_is_delivered_and_status_follows_the_release() {
     );
     api.create(&PostParams::default(), &inst).await.unwrap();
 
-    let hr = eventually("HelmRelease", WAIT, || async {
-        hrs.get_opt("wiki").await.unwrap()
-    })
-    .await;
+    let hr = helm_release(&hrs, "wiki").await;
     assert_eq!(
         hr.spec.chart.as_ref().unwrap().spec.version.as_deref(),
         Some("1.0.0")
@@ -149,14 +148,15 @@ async fn helm_chart_is_delivered_and_status_follows_the_release() {
     .await
     .unwrap();
 
-    flux_reports(
+    helm_controller_reports(
         &hrs,
         "wiki",
         "True",
         "InstallSucceeded",
         "Helm install succeeded",
     )
-    .await;
+    .await
+    .unwrap();
     let msg = wait_condition(&api, "wiki", "Ready", "True", "HelmReleaseReady").await;
     assert_eq!(msg, "Helm install succeeded");
     let got = api.get("wiki").await.unwrap();
@@ -188,14 +188,15 @@ async fn helm_chart_is_delivered_and_status_follows_the_release() {
     assert_eq!(hrs.get("wiki").await.unwrap().labels()["team"], "a");
 
     // A failed release is Ready=False, not Unknown.
-    flux_reports(
+    helm_controller_reports(
         &hrs,
         "wiki",
         "False",
         "UpgradeFailed",
         "upgrade retries exhausted",
     )
-    .await;
+    .await
+    .unwrap();
     wait_condition(&api, "wiki", "Ready", "False", "HelmReleaseFailed").await;
     wait_condition(&api, "wiki", "Degraded", "True", "HelmReleaseDegraded").await;
 
@@ -218,9 +219,13 @@ async fn helm_chart_is_delivered_and_status_follows_the_release() {
 
 #[tokio::test]
 async fn secret_values_are_referenced_and_never_copied() {
-    let (client, ns) = setup("ai-secret").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup("ai-secret").await;
     let inst = instance(
         &ns,
         "chat",
@@ -247,15 +252,14 @@ async fn secret_values_are_referenced_and_never_copied() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    let hr = eventually("HelmRelease", WAIT, || async {
-        hrs.get_opt("chat").await.unwrap()
-    })
-    .await;
+    let hr = helm_release(&hrs, "chat").await;
     let hr_json = serde_json::to_string(&hr).unwrap();
     assert!(hr_json.contains("\"valuesFrom\":[{\"kind\":\"Secret\",\"name\":\"chat-values\",\"valuesKey\":\"values.yaml\"}]"), "{hr_json}");
     wait_condition(&api, "chat", "Blocked", "False", "Unblocked").await;
 
-    flux_reports(&hrs, "chat", "True", "InstallSucceeded", "ok").await;
+    helm_controller_reports(&hrs, "chat", "True", "InstallSucceeded", "ok")
+        .await
+        .unwrap();
     wait_condition(&api, "chat", "Ready", "True", "HelmReleaseReady").await;
     let hr_json = serde_json::to_string(&hrs.get("chat").await.unwrap()).unwrap();
     let inst_json = serde_json::to_string(&api.get("chat").await.unwrap()).unwrap();
@@ -277,8 +281,13 @@ async fn secret_values_are_referenced_and_never_copied() {
 
 #[tokio::test]
 async fn oci_chart_uses_oci_repository() {
-    let (client, ns) = setup("ai-oci").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup("ai-oci").await;
     let chart = json!({"sourceType": "oci", "url": "oci://ghcr.io/acme/charts", "name": "podinfo", "version": "6.7.1"});
     api.create(
         &PostParams::default(),
@@ -298,11 +307,7 @@ async fn oci_chart_uses_oci_repository() {
     .await;
     assert_eq!(repo.spec.url, "oci://ghcr.io/acme/charts/podinfo");
     assert_eq!(repo.spec.r#ref.unwrap().tag.as_deref(), Some("6.7.1"));
-    let hrs: Api<HelmRelease> = Api::namespaced(client, &ns);
-    let hr = eventually("HelmRelease", WAIT, || async {
-        hrs.get_opt("podinfo").await.unwrap()
-    })
-    .await;
+    let hr = helm_release(&hrs, "podinfo").await;
     let chart_ref = hr.spec.chart_ref.unwrap();
     assert_eq!(
         (chart_ref.kind.as_str(), chart_ref.name.as_str()),
@@ -313,8 +318,7 @@ async fn oci_chart_uses_oci_repository() {
 
 #[tokio::test]
 async fn placeholder_creates_nothing_and_is_ready() {
-    let (client, ns) = setup("ai-placeholder").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let Setup { ns, api, hrs, .. } = setup("ai-placeholder").await;
     let inst: ApplicationInstance = serde_json::from_value(json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
         "metadata": {"name": "cluster-ops", "namespace": ns,
@@ -326,7 +330,6 @@ async fn placeholder_creates_nothing_and_is_ready() {
     wait_condition(&api, "cluster-ops", "Ready", "True", "Placeholder").await;
     let got = api.get("cluster-ops").await.unwrap();
     assert_eq!(got.annotations()["ops.vworkspace.io/runcommand"], "job");
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
     assert!(
         hrs.list(&ListParams::default())
             .await
@@ -349,15 +352,9 @@ async fn placeholder_creates_nothing_and_is_ready() {
 
 #[tokio::test]
 async fn invalid_spec_is_blocked_and_deletes_cleanly() {
-    let (client, ns) = setup("ai-invalid").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let Setup { ns, api, .. } = setup("ai-invalid").await;
     // The schema cannot compare release.namespace with metadata.namespace; the controller does.
-    let mut inst = instance(
-        &ns,
-        "wrong",
-        helm_chart("1.0.0"),
-        json!({"source": "inline", "inline": {}}),
-    );
+    let mut inst = plain(&ns, "wrong");
     inst.spec.release.as_mut().unwrap().namespace = "elsewhere".into();
     api.create(&PostParams::default(), &inst).await.unwrap();
     let msg = wait_condition(&api, "wrong", "Blocked", "True", "ValidationFailed").await;
@@ -378,24 +375,17 @@ async fn invalid_spec_is_blocked_and_deletes_cleanly() {
 
 #[tokio::test]
 async fn deletion_waits_for_flux_to_uninstall() {
-    let (client, ns) = setup("ai-delete").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &instance(
-            &ns,
-            "wiki",
-            helm_chart("1.0.0"),
-            json!({"source": "inline", "inline": {}}),
-        ),
-    )
-    .await
-    .unwrap();
-    eventually("HelmRelease", WAIT, || async {
-        hrs.get_opt("wiki").await.unwrap()
-    })
-    .await;
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup("ai-delete").await;
+    api.create(&PostParams::default(), &plain(&ns, "wiki"))
+        .await
+        .unwrap();
+    helm_release(&hrs, "wiki").await;
     // Flux's finalizer stands for the Helm uninstall still to happen.
     hrs.patch(
         "wiki",
@@ -435,30 +425,22 @@ async fn deletion_waits_for_flux_to_uninstall() {
 
 #[tokio::test]
 async fn two_hundred_instances_converge() {
-    let (client, ns) = setup("ai-many").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let Setup { ns, api, hrs, .. } = setup("ai-many").await;
     let started = Instant::now();
     for i in 0..200 {
         let name = format!("app-{i:03}");
-        api.create(
-            &PostParams::default(),
-            &instance(
-                &ns,
-                &name,
-                helm_chart("1.0.0"),
-                json!({"source": "inline", "inline": {}}),
-            ),
-        )
-        .await
-        .unwrap();
+        api.create(&PostParams::default(), &plain(&ns, &name))
+            .await
+            .unwrap();
     }
     eventually("200 HelmReleases", Duration::from_secs(180), || async {
         (hrs.list(&ListParams::default()).await.unwrap().items.len() == 200).then_some(())
     })
     .await;
     for hr in hrs.list(&ListParams::default()).await.unwrap() {
-        flux_reports(&hrs, &hr.name_any(), "True", "InstallSucceeded", "ok").await;
+        helm_controller_reports(&hrs, &hr.name_any(), "True", "InstallSucceeded", "ok")
+            .await
+            .unwrap();
     }
     eventually("200 Ready instances", Duration::from_secs(180), || async {
         let list = api.list(&ListParams::default()).await.unwrap();
@@ -482,26 +464,17 @@ async fn two_hundred_instances_converge() {
 
 #[tokio::test]
 async fn children_are_garbage_collected_when_the_operator_is_gone() {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, "ai-gc").await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone()));
-    let scope = ns.clone();
-    let operator = tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        controller: operator,
+    } = setup("ai-gc").await;
     let repos: Api<HelmRepository> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &instance(
-            &ns,
-            "wiki",
-            helm_chart("1.0.0"),
-            json!({"source": "inline", "inline": {}}),
-        ),
-    )
-    .await
-    .unwrap();
+    api.create(&PostParams::default(), &plain(&ns, "wiki"))
+        .await
+        .unwrap();
     eventually("children", WAIT, || async {
         let hr = hrs.get_opt("wiki").await.unwrap();
         let repo = repos.get_opt("wiki-source").await.unwrap();
@@ -531,24 +504,17 @@ async fn children_are_garbage_collected_when_the_operator_is_gone() {
 
 #[tokio::test]
 async fn suspended_release_is_reported_and_not_undone() {
-    let (client, ns) = setup("ai-suspend").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
-    api.create(
-        &PostParams::default(),
-        &instance(
-            &ns,
-            "wiki",
-            helm_chart("1.0.0"),
-            json!({"source": "inline", "inline": {}}),
-        ),
-    )
-    .await
-    .unwrap();
-    eventually("HelmRelease", WAIT, || async {
-        hrs.get_opt("wiki").await.unwrap()
-    })
-    .await;
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup("ai-suspend").await;
+    api.create(&PostParams::default(), &plain(&ns, "wiki"))
+        .await
+        .unwrap();
+    helm_release(&hrs, "wiki").await;
     wait_condition(&api, "wiki", "Suspended", "False", "Active").await;
 
     // A person runs `flux suspend`: a different field manager sets spec.suspend.
@@ -603,14 +569,10 @@ async fn suspended_release_is_reported_and_not_undone() {
 
 #[tokio::test]
 async fn inventory_and_endpoints_follow_the_release() {
-    let (client, ns) = setup("ai-endpoints").await;
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let mut inst = instance(
-        &ns,
-        "wiki",
-        helm_chart("1.0.0"),
-        json!({"source": "inline", "inline": {}}),
-    );
+    let Setup {
+        client, ns, api, ..
+    } = setup("ai-endpoints").await;
+    let mut inst = plain(&ns, "wiki");
     inst.spec.integrations = Some(
         serde_json::from_value(json!({"ingress": {"enabled": true, "host": "wiki.example.org"}}))
             .unwrap(),
@@ -645,14 +607,15 @@ async fn inventory_and_endpoints_follow_the_release() {
         .await
         .unwrap();
     // Flux reporting the install triggers the pass that observes it.
-    flux_reports(
-        &Api::namespaced(client.clone(), &ns),
+    helm_controller_reports(
+        &Api::<HelmRelease>::namespaced(client.clone(), &ns),
         "wiki",
         "True",
         "InstallSucceeded",
         "ok",
     )
-    .await;
+    .await
+    .unwrap();
     let eps = eventually("observed endpoint", WAIT, || async {
         let s = api.get("wiki").await.unwrap().status?;
         (s.endpoints.len() == 1 && s.endpoints[0].notes.is_none()).then_some(s.endpoints)
@@ -664,16 +627,12 @@ async fn inventory_and_endpoints_follow_the_release() {
 
 #[tokio::test]
 async fn reconcile_selector_leaves_other_owners_alone() {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, "ai-selector").await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone()).with_selector(Some(
-        "app.vworkspace.io/managed-by in (control-plane,odoo)".into(),
-    )));
-    let scope = ns.clone();
-    tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
-    let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    let Setup { ns, api, hrs, .. } = setup_with("ai-selector", |client| {
+        Context::new(client).with_selector(Some(
+            "app.vworkspace.io/managed-by in (control-plane,odoo)".into(),
+        ))
+    })
+    .await;
     let values = json!({"source": "inline", "inline": {}});
     let mut ours = instance(&ns, "ours", helm_chart("1.0.0"), values.clone());
     ours.metadata.labels.get_or_insert_default().insert(

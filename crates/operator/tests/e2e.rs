@@ -7,15 +7,15 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
-use support::{Operator, eventually, setup};
+use kube::api::{Api, PostParams};
+use support::{Operator, eventually, managed_instance};
+use testkit::fixtures::{TestNamespace, helm_controller_reports, test_namespace};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_operator::kinds::flux::HelmRelease;
 
 #[tokio::test]
 async fn binary_under_chart_rbac_delivers_an_instance_and_gets_ready() {
-    let (cp, client, ns) = setup("e2e-rbac").await;
+    let TestNamespace { cp, client, ns } = test_namespace("e2e-rbac").await.unwrap();
     let op = Operator::start(cp, &ns, &[]).await;
     let (code, body) = eventually("/readyz 200", Duration::from_secs(60), || async {
         op.probe("/readyz").await.filter(|(c, _)| *c == 200)
@@ -25,25 +25,15 @@ async fn binary_under_chart_rbac_delivers_an_instance_and_gets_ready() {
     assert_eq!(op.probe("/healthz").await.unwrap().0, 200);
 
     let apps: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
-    let inst: ApplicationInstance = serde_json::from_value(json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": "wiki", "namespace": ns},
-        "spec": {"appRef": {"catalogId": "wiki"},
-                 "chart": {"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
-                 "release": {"name": "wiki", "namespace": ns},
-                 "values": {"source": "inline", "inline": {}}}
-    }))
-    .unwrap();
+    let inst: ApplicationInstance =
+        serde_json::from_value(managed_instance(&ns, "wiki", "1.0.0")).unwrap();
     apps.create(&PostParams::default(), &inst).await.unwrap();
     let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
-    let hr = eventually("HelmRelease", Duration::from_secs(30), || async {
+    eventually("HelmRelease", Duration::from_secs(30), || async {
         hrs.get_opt("wiki").await.unwrap()
     })
     .await;
-    let status = json!({"status": {"observedGeneration": hr.metadata.generation, "conditions": [
-        {"type": "Ready", "status": "True", "reason": "InstallSucceeded", "message": "ok",
-         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-    hrs.patch_status("wiki", &PatchParams::default(), &Patch::Merge(&status))
+    helm_controller_reports(&hrs, "wiki", "True", "InstallSucceeded", "ok")
         .await
         .unwrap();
     eventually("instance Ready", Duration::from_secs(30), || async {

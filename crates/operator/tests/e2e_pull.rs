@@ -10,45 +10,33 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mock_control_plane::{AdminClient, Fault, MockConfig, MockServer};
+use mock_control_plane::{AdminClient, Fault};
 use serde_json::{Value, json};
-use support::{Operator, eventually};
+use support::{Operator, eventually, job, managed_instance};
 use testkit::ControlPlane;
+use testkit::fixtures::{create_namespace, helm_controller_reports, write_status};
 use vworkspace_api::{ApplicationInstance, Cluster};
 use vworkspace_operator::kinds::flux::HelmRelease;
-use vworkspace_protocol::{Job, JobResult, signing};
+use vworkspace_protocol::{JobResult, signing};
 
 const CLUSTER_ID: &str = "5b0f7c1e-e2e0-4c6a-9d51-3f2a8e7b6c40";
 const REG_TOKEN: &str = "vwksp-reg-e2e0000000000000000000000000001";
 const LONG: Duration = Duration::from_secs(90);
 
+/// A managed instance declaring Backups through Velero.
 fn instance(ns: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": name, "namespace": ns,
-                     "annotations": {"ops.vworkspace.io/backup": "velero"}},
-        "spec": {"appRef": {"catalogId": name},
-                 "chart": {"sourceType": "helm", "url": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
-                 "release": {"name": name, "namespace": ns},
-                 "values": {"source": "inline", "inline": {}}}
-    })
+    let mut v = managed_instance(ns, name, "1.0.0");
+    v["metadata"]["annotations"] = json!({"ops.vworkspace.io/backup": "velero"});
+    v
 }
 
-fn job(id: &str, kind: &str, key: &str, payload: Value) -> Job {
-    serde_json::from_value(json!({
-        "id": id, "kind": kind, "payload": payload, "idempotencyKey": key,
-        "createdAt": jiff::Timestamp::now().to_string()
-    }))
-    .unwrap()
-}
-
-/// Plays helm-controller: Ready for the HelmRelease's current generation.
+/// Plays helm-controller: Ready for the HelmRelease's current generation, once it exists.
 async fn flux_ready(client: &Client, ns: &str, name: &str, ready: &str) {
     let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), ns);
-    let hr = eventually(&format!("HelmRelease {name}"), LONG, || async {
+    eventually(&format!("HelmRelease {name}"), LONG, || async {
         hrs.get_opt(name).await.unwrap()
     })
     .await;
@@ -57,10 +45,7 @@ async fn flux_ready(client: &Client, ns: &str, name: &str, ready: &str) {
     } else {
         "UpgradeFailed"
     };
-    let status = json!({"status": {"observedGeneration": hr.metadata.generation, "conditions": [
-        {"type": "Ready", "status": ready, "reason": reason, "message": "played by the test",
-         "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
-    hrs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+    helm_controller_reports(&hrs, name, ready, reason, "played by the test")
         .await
         .unwrap();
 }
@@ -69,40 +54,17 @@ async fn result(admin: &AdminClient, id: &str) -> JobResult {
     admin.wait_for_result(id, LONG).await.unwrap()
 }
 
-async fn create_namespace(client: &Client, name: &str) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn pull_mode_end_to_end() {
     let cp = ControlPlane::get().await.unwrap();
     let client = cp.client().await.unwrap();
     let op_ns = "vworkspace-system";
     let apps_ns = "org-e2e";
-    create_namespace(&client, op_ns).await;
-    create_namespace(&client, "velero").await;
+    create_namespace(&client, op_ns).await.unwrap();
+    create_namespace(&client, "velero").await.unwrap();
 
-    let mock = MockServer::start(MockConfig {
-        registration_token: REG_TOKEN.into(),
-        cluster_id: CLUSTER_ID.into(),
-        admin_token: Some("e2e-admin".into()),
-        lease: Duration::from_secs(5),
-        // Old tokens die at once: a rotated token must be hot-swapped to keep working.
-        rotation_grace: Duration::ZERO,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    // Old tokens die at once: a rotated token must be hot-swapped to keep working.
+    let mock = support::mock(REG_TOKEN, CLUSTER_ID).await;
     let admin = mock.admin();
     let signer = SigningKey::from_bytes(&[42u8; 32]);
     let public =
@@ -275,12 +237,7 @@ async fn pull_mode_end_to_end() {
         backups.get_opt(&backup_name).await.unwrap()
     })
     .await;
-    backups
-        .patch(
-            &backup_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Completed"}})),
-        )
+    write_status(&backups, &backup_name, json!({"phase": "Completed"}))
         .await
         .unwrap();
     let r = result(&admin, "intent-operation").await;

@@ -1,11 +1,11 @@
 //! Lease-based leader election against a real kube-apiserver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use testkit::{ControlPlane, fresh_namespace};
+use testkit::fixtures::{TestNamespace, eventually, test_namespace};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vworkspace_operator::leader::{self, LeaderConfig};
@@ -18,12 +18,11 @@ fn config(ns: &str, id: &str) -> LeaderConfig {
     c
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until(what: &str, f: impl Fn() -> bool) {
+    eventually(what, Duration::from_secs(30), || {
+        std::future::ready(f().then_some(()))
+    })
+    .await
 }
 
 fn leaders(rs: &[&watch::Receiver<bool>]) -> usize {
@@ -32,9 +31,7 @@ fn leaders(rs: &[&watch::Receiver<bool>]) -> usize {
 
 #[tokio::test]
 async fn one_leader_and_handover() {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, "leader").await.unwrap();
+    let TestNamespace { client, ns, .. } = test_namespace("leader").await.unwrap();
 
     let stop_a = CancellationToken::new();
     let stop_b = CancellationToken::new();
@@ -65,9 +62,7 @@ async fn one_leader_and_handover() {
 
 #[tokio::test]
 async fn a_dead_leader_is_replaced_after_the_lease_expires() {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, "leader-exp").await.unwrap();
+    let TestNamespace { client, ns, .. } = test_namespace("leader-exp").await.unwrap();
     // A holder that stopped renewing without releasing (a crashed pod).
     let api = Api::<Lease>::namespaced(client.clone(), &ns);
     let lease: Lease = serde_json::from_value(serde_json::json!({

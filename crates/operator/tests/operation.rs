@@ -2,173 +2,31 @@
 //! test plays Velero and the Job controller by writing their status.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
-use testkit::{ControlPlane, fresh_namespace};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::{Env, SECRET, WAIT, eventually, placeholder};
+use vworkspace_api::ApplicationInstance;
 use vworkspace_api::conditions::find;
 use vworkspace_api::operation::Phase;
-use vworkspace_api::{ApplicationInstance, Operation};
 use vworkspace_operator::approval;
-use vworkspace_operator::controller::Context;
-use vworkspace_operator::controller::operation::{self, OperationConfig};
-use vworkspace_operator::engines::velero;
 
-const SECRET: &str = "approval-s3cret";
-// Generous: the garbage collector picks up new kinds on its 30 s discovery resync.
-const WAIT: Duration = Duration::from_secs(90);
-
-struct Env {
-    client: Client,
-    ns: String,
-    velero_ns: String,
-}
-
+/// The controller on a fresh namespace with one target: `wiki`, a placeholder declaring
+/// backup and restore through Velero and runcommand through a Job.
 async fn setup(prefix: &str) -> Env {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, prefix).await.unwrap();
-    let velero_ns = fresh_namespace(&client, "velero").await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone()));
-    let config = OperationConfig {
-        approval_secret: SECRET.into(),
-        velero_namespace: velero_ns.clone(),
-    };
-    let scope = ns.clone();
-    tokio::spawn(async move { operation::run(ctx, config, Some(&scope)).await });
-    // The target: a placeholder instance declaring its capabilities.
-    let target: ApplicationInstance = serde_json::from_value(json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": "wiki", "namespace": ns, "annotations": {
-            "ops.vworkspace.io/backup": "velero", "ops.vworkspace.io/restore": "velero",
-            "ops.vworkspace.io/runcommand": "job"}},
-        "spec": {"appRef": {"catalogId": "wiki"}, "mode": "placeholder"}
-    }))
-    .unwrap();
-    Api::<ApplicationInstance>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &target)
-        .await
-        .unwrap();
-    Env {
-        client,
-        ns,
-        velero_ns,
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Env {
-    fn ops(&self) -> Api<Operation> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn create(&self, name: &str, t: &str, engine: &str, extra: Value) -> Operation {
-        let mut v = json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": name, "namespace": self.ns},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": t, "engine": engine}
-        });
-        if let Value::Object(m) = extra {
-            for (k, val) in m {
-                v["spec"][k] = val;
-            }
-        }
-        self.ops()
-            .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn wait_phase(&self, name: &str, phase: Phase) -> Operation {
-        eventually(&format!("{name} {phase:?}"), || async {
-            let op = self.ops().get(name).await.unwrap();
-            (op.status.as_ref()?.phase? == phase).then_some(op)
-        })
-        .await
-    }
-
-    async fn wait_blocked(&self, name: &str, reason: &str) -> String {
-        eventually(&format!("{name} Blocked/{reason}"), || async {
-            let op = self.ops().get(name).await.unwrap();
-            let c = find(&op.status?.conditions, "Blocked")?.clone();
-            (c.status == "True" && c.reason == reason).then_some(c.message)
-        })
-        .await
-    }
-
-    fn velero(&self, kind: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            self.client.clone(),
-            &self.velero_ns,
-            &velero::api_resource(kind),
-        )
-    }
-
-    /// Plays Velero (its CRDs have no status subresource: status is a plain field).
-    async fn velero_reports(&self, kind: &str, name: &str, status: Value) {
-        self.velero(kind)
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .unwrap();
-    }
-
-    fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    /// Plays the Job controller.
-    async fn job_reports(&self, name: &str, condition: &str, reason: &str) {
-        let now = jiff::Timestamp::now().to_string();
-        let mut status = json!({"conditions": [{"type": condition, "status": "True", "reason": reason,
-            "message": format!("{condition} ({reason})"), "lastTransitionTime": now, "lastProbeTime": now}],
-            "startTime": now});
-        if condition == "Complete" {
-            status["completionTime"] = json!(now);
-            status["succeeded"] = json!(1);
-            status["conditions"]
-                .as_array_mut()
-                .unwrap()
-                .insert(0, json!({"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}));
-        } else {
-            status["failed"] = json!(1);
-            status["conditions"]
-                .as_array_mut()
-                .unwrap()
-                .insert(0, json!({"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now}));
-        }
-        self.jobs()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .unwrap();
-    }
+    Env::start(prefix, |ns| {
+        vec![placeholder(
+            ns,
+            "wiki",
+            json!({"ops.vworkspace.io/backup": "velero", "ops.vworkspace.io/restore": "velero",
+                   "ops.vworkspace.io/runcommand": "job"}),
+        )]
+    })
+    .await
 }
 
 #[tokio::test]
@@ -176,6 +34,7 @@ async fn velero_backup_succeeds_and_terminal_is_never_rewritten() {
     let env = setup("op-backup").await;
     env.create(
         "nightly",
+        "wiki",
         "Backup",
         "velero",
         json!({"parameters": {"ttl": "720h"}}),
@@ -240,7 +99,8 @@ async fn velero_backup_succeeds_and_terminal_is_never_rewritten() {
 #[tokio::test]
 async fn velero_partial_failure_and_validation_failure() {
     let env = setup("op-velero-fail").await;
-    env.create("partial", "Backup", "velero", json!({})).await;
+    env.create("partial", "wiki", "Backup", "velero", json!({}))
+        .await;
     env.wait_phase("partial", Phase::Running).await;
     env.velero_reports(
         "Backup",
@@ -253,7 +113,8 @@ async fn velero_partial_failure_and_validation_failure() {
     assert!(outputs.contains_key("warning"), "{outputs:?}");
     assert_eq!(outputs["errors"], "3");
 
-    env.create("invalid", "Backup", "velero", json!({})).await;
+    env.create("invalid", "wiki", "Backup", "velero", json!({}))
+        .await;
     env.wait_phase("invalid", Phase::Running).await;
     env.velero_reports(
         "Backup",
@@ -279,6 +140,7 @@ async fn restore_waits_for_a_valid_approval() {
     let now = jiff::Timestamp::now().as_second();
     env.create(
         "restore",
+        "wiki",
         "Restore",
         "velero",
         json!({"parameters": {"backupName": "b1"}}),
@@ -286,19 +148,8 @@ async fn restore_waits_for_a_valid_approval() {
     .await;
     let m = env.wait_blocked("restore", "AwaitingApproval").await;
     assert!(m.contains("approval claim required"), "{m}");
-    let ops = env.ops();
-    let set_claim = |claim: String| {
-        let ops = ops.clone();
-        async move {
-            ops.patch(
-                "restore",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"approvals": {"claim": claim}}})),
-            )
-            .await
-            .unwrap();
-        }
-    };
+    let set_claim =
+        |claim: String| env.patch_spec("restore", json!({"approvals": {"claim": claim}}));
     set_claim(approval::issue(
         "wrong-secret",
         "restore",
@@ -306,14 +157,14 @@ async fn restore_waits_for_a_valid_approval() {
         now + 600,
     ))
     .await;
-    eventually("bad signature", || async {
+    eventually("bad signature", WAIT, || async {
         let op = env.ops().get("restore").await.unwrap();
         let c = find(&op.status?.conditions, "Blocked")?.clone();
         c.message.contains("signature mismatch").then_some(())
     })
     .await;
     set_claim(approval::issue(SECRET, "restore", "alice", now - 10)).await;
-    eventually("expired", || async {
+    eventually("expired", WAIT, || async {
         let op = env.ops().get("restore").await.unwrap();
         let c = find(&op.status?.conditions, "Blocked")?.clone();
         c.message.contains("expired").then_some(())
@@ -346,10 +197,12 @@ async fn concurrency_gate_parks_and_releases() {
         "alice",
         jiff::Timestamp::now().as_second() + 600,
     );
-    env.create("backup", "Backup", "velero", json!({})).await;
+    env.create("backup", "wiki", "Backup", "velero", json!({}))
+        .await;
     env.wait_phase("backup", Phase::Running).await;
     env.create(
         "restore",
+        "wiki",
         "Restore",
         "velero",
         json!({"parameters": {"backupName": "b1"}, "approvals": {"claim": claim}}),
@@ -363,6 +216,7 @@ async fn concurrency_gate_parks_and_releases() {
     // Unrelated types run alongside.
     env.create(
         "du",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
@@ -384,6 +238,7 @@ async fn job_success_failure_and_logs_kept() {
     let env = setup("op-job").await;
     env.create(
         "du",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {
@@ -415,6 +270,7 @@ async fn job_success_failure_and_logs_kept() {
 
     env.create(
         "boom",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
@@ -447,20 +303,14 @@ async fn cancel_and_timeout_stop_the_workload() {
     let env = setup("op-cancel").await;
     env.create(
         "long",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
     )
     .await;
     env.wait_phase("long", Phase::Running).await;
-    env.ops()
-        .patch(
-            "long",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cancel": true}})),
-        )
-        .await
-        .unwrap();
+    env.cancel("long").await;
     let op = env.wait_phase("long", Phase::Cancelled).await;
     assert_eq!(
         find(&op.status.as_ref().unwrap().conditions, "Cancelled")
@@ -477,6 +327,7 @@ async fn cancel_and_timeout_stop_the_workload() {
 
     env.create(
         "slow",
+        "wiki",
         "RunCommand",
         "job",
         json!({"timeoutSeconds": 2, "parameters": {"image": "busybox"}}),
@@ -496,20 +347,14 @@ async fn cancel_and_timeout_stop_the_workload() {
     // A Pending Operation can be cancelled too.
     env.create(
         "parked",
+        "wiki",
         "Restore",
         "velero",
         json!({"parameters": {"backupName": "b"}}),
     )
     .await;
     env.wait_blocked("parked", "AwaitingApproval").await;
-    env.ops()
-        .patch(
-            "parked",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cancel": true}})),
-        )
-        .await
-        .unwrap();
+    env.cancel("parked").await;
     env.wait_phase("parked", Phase::Cancelled).await;
 }
 
@@ -518,6 +363,7 @@ async fn bad_input_is_blocked_with_the_path() {
     let env = setup("op-invalid").await;
     env.create(
         "badenv",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox", "env": [{"value": "x"}]}}),
@@ -527,6 +373,7 @@ async fn bad_input_is_blocked_with_the_path() {
     assert_eq!(m, "spec.parameters.env[0].name: required");
     env.create(
         "badsa",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox", "serviceAccountName": "default"}}),
@@ -537,7 +384,7 @@ async fn bad_input_is_blocked_with_the_path() {
             .await
             .contains("serviceAccountName")
     );
-    env.create("pair", "Backup", "job", json!({})).await;
+    env.create("pair", "wiki", "Backup", "job", json!({})).await;
     assert!(
         env.wait_blocked("pair", "ValidationFailed")
             .await
@@ -545,6 +392,7 @@ async fn bad_input_is_blocked_with_the_path() {
     );
     env.create(
         "argo",
+        "wiki",
         "Runbook",
         "workflow",
         json!({"parameters": {"workflowTemplate": "t"}}),
@@ -566,6 +414,7 @@ async fn bad_input_is_blocked_with_the_path() {
         .unwrap();
     env.create(
         "nocap",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
@@ -586,7 +435,7 @@ async fn bad_input_is_blocked_with_the_path() {
     // A missing target, created later.
     let mut v = json!({"parameters": {"image": "busybox"}});
     v["targetRef"] = json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "later"});
-    env.create("orphan", "RunCommand", "job", v).await;
+    env.create("orphan", "wiki", "RunCommand", "job", v).await;
     assert!(
         env.wait_blocked("orphan", "TargetNotFound")
             .await
@@ -599,6 +448,7 @@ async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
     let env = setup("op-delete").await;
     env.create(
         "running",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
@@ -609,7 +459,7 @@ async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
         .delete("running", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("operation gone", || async {
+    eventually("operation gone", WAIT, || async {
         env.ops()
             .get_opt("running")
             .await
@@ -618,7 +468,7 @@ async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
             .then_some(())
     })
     .await;
-    eventually("job gone", || async {
+    eventually("job gone", WAIT, || async {
         let j = env
             .jobs()
             .get_opt(&format!("{}--running", env.ns))
@@ -630,6 +480,7 @@ async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
 
     env.create(
         "done",
+        "wiki",
         "RunCommand",
         "job",
         json!({"parameters": {"image": "busybox"}}),
@@ -645,7 +496,7 @@ async fn deletion_stops_running_work_and_gc_takes_finished_jobs() {
         .await
         .unwrap();
     // Owned through an owner reference: kube-controller-manager's garbage collector.
-    eventually("job collected", || async {
+    eventually("job collected", WAIT, || async {
         env.jobs()
             .get_opt(&name)
             .await

@@ -1,269 +1,46 @@
 //! Operation engines beyond velero/job against a real kube-apiserver with the Argo,
 //! VolSync and CSI snapshot CRDs installed: the test plays Argo, the ApplicationInstance
 //! controller (for Upgrades), the Job controller, VolSync and the snapshot controller by
-//! writing their status. Also the rows of the concurrency matrix.
+//! writing their status. The concurrency matrix is unit-tested on the pure decision; one
+//! smoke test of the gate on the apiserver is `operation.rs`'s
+//! `concurrency_gate_parks_and_releases`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use testkit::{ControlPlane, fresh_namespace};
-use vworkspace_api::conditions::find;
+use support::{Env, SECRET, helm_chart, instance, message, placeholder, reason};
 use vworkspace_api::operation::Phase;
-use vworkspace_api::{ApplicationInstance, Operation};
-use vworkspace_operator::approval;
-use vworkspace_operator::controller::Context;
-use vworkspace_operator::controller::operation::{self, OperationConfig};
-use vworkspace_operator::engines::{helm_hook, velero};
+use vworkspace_operator::engines::helm_hook;
 use vworkspace_operator::kinds::{argo, snapshot, volsync};
-
-const SECRET: &str = "approval-s3cret";
-// Generous: the garbage collector picks up new kinds on its 30 s discovery resync.
-const WAIT: Duration = Duration::from_secs(90);
-
-struct Env {
-    client: Client,
-    ns: String,
-    velero_ns: String,
-}
 
 /// A namespace with the controller running in it and two targets: `wiki`, a placeholder,
 /// and `app`, a managed instance (chart `app` 1.0.0, release `app`), both declaring
 /// every capability.
 async fn setup(prefix: &str) -> Env {
-    let cp = ControlPlane::get().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let ns = fresh_namespace(&client, prefix).await.unwrap();
-    let velero_ns = fresh_namespace(&client, "velero").await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone()));
-    let config = OperationConfig {
-        approval_secret: SECRET.into(),
-        velero_namespace: velero_ns.clone(),
-    };
-    let scope = ns.clone();
-    tokio::spawn(async move { operation::run(ctx, config, Some(&scope)).await });
     let caps = json!({
         "ops.vworkspace.io/backup": "velero", "ops.vworkspace.io/restore": "velero",
         "ops.vworkspace.io/runcommand": "job", "ops.vworkspace.io/runbook": "workflow",
         "ops.vworkspace.io/upgrade": "helm", "ops.vworkspace.io/migration": "helmHookJob",
         "ops.vworkspace.io/replicate": "volsync", "ops.vworkspace.io/snapshot": "csiSnapshot"});
-    let targets = Api::<ApplicationInstance>::namespaced(client.clone(), &ns);
-    for v in [
-        json!({
-            "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-            "metadata": {"name": "wiki", "namespace": ns, "annotations": caps},
-            "spec": {"appRef": {"catalogId": "wiki"}, "mode": "placeholder"}
-        }),
-        json!({
-            "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-            "metadata": {"name": "app", "namespace": ns, "annotations": caps},
-            "spec": {"appRef": {"catalogId": "app"},
-                     "chart": {"sourceType": "helm", "url": "https://charts.example.org", "name": "app", "version": "1.0.0"},
-                     "release": {"name": "app", "namespace": ns},
-                     "values": {"source": "inline", "inline": {"replicas": 1, "image": {"tag": "a"}}}}
-        }),
-    ] {
-        targets
-            .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
-            .await
-            .unwrap();
-    }
-    Env {
-        client,
-        ns,
-        velero_ns,
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn reason(op: &Operation, t: &str) -> String {
-    find(&op.status.as_ref().unwrap().conditions, t)
-        .map(|c| c.reason.clone())
-        .unwrap_or_default()
-}
-
-fn message(op: &Operation, t: &str) -> String {
-    find(&op.status.as_ref().unwrap().conditions, t)
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
-impl Env {
-    fn ops(&self) -> Api<Operation> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn targets(&self) -> Api<ApplicationInstance> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn dynamic(&self, ar: &ApiResource) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.ns, ar)
-    }
-
-    fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    fn workload(&self, op: &str) -> String {
-        format!("{}--{op}", self.ns)
-    }
-
-    async fn create(&self, name: &str, target: &str, t: &str, engine: &str, extra: Value) {
-        let mut v = json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": name, "namespace": self.ns},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": target},
-                     "type": t, "engine": engine}
-        });
-        if let Value::Object(m) = extra {
-            for (k, val) in m {
-                v["spec"][k] = val;
-            }
-        }
-        self.ops()
-            .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
-            .await
-            .unwrap();
-    }
-
-    async fn wait_phase(&self, name: &str, phase: Phase) -> Operation {
-        eventually(&format!("{name} {phase:?}"), || async {
-            let op = self.ops().get(name).await.unwrap();
-            (op.status.as_ref()?.phase? == phase).then_some(op)
-        })
-        .await
-    }
-
-    async fn wait_blocked(&self, name: &str, reason: &str) -> String {
-        eventually(&format!("{name} Blocked/{reason}"), || async {
-            let op = self.ops().get(name).await.unwrap();
-            let c = find(&op.status?.conditions, "Blocked")?.clone();
-            (c.status == "True" && c.reason == reason).then_some(c.message)
-        })
-        .await
-    }
-
-    async fn cancel(&self, name: &str) {
-        self.ops()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"cancel": true}})),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Writes `status` of an object whose CRD has no status subresource (Argo, Velero).
-    async fn set_status(&self, api: &Api<DynamicObject>, name: &str, status: Value) {
-        api.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .unwrap();
-    }
-
-    /// Writes `status` through the status subresource (VolSync, snapshots, instances).
-    async fn set_status_sub(&self, api: &Api<DynamicObject>, name: &str, status: Value) {
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .unwrap();
-    }
-
-    /// Plays the Job controller.
-    async fn job_reports(&self, name: &str, condition: &str, reason: &str) {
-        let now = jiff::Timestamp::now().to_string();
-        let mut status = json!({"conditions": [{"type": condition, "status": "True", "reason": reason,
-            "message": format!("{condition} ({reason})"), "lastTransitionTime": now, "lastProbeTime": now}],
-            "startTime": now});
-        if condition == "Complete" {
-            status["completionTime"] = json!(now);
-            status["succeeded"] = json!(1);
-            status["conditions"].as_array_mut().unwrap().insert(0, json!({"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}));
-        } else {
-            status["failed"] = json!(1);
-            status["conditions"].as_array_mut().unwrap().insert(0, json!({"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now}));
-        }
-        self.jobs()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Plays the ApplicationInstance controller: observed the current generation, applied
-    /// the spec's chart, with the given Ready status.
-    async fn instance_reports(&self, name: &str, ready: &str) {
-        let inst = self.targets().get(name).await.unwrap();
-        let now = jiff::Timestamp::now().to_string();
-        self.targets()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "observedGeneration": inst.metadata.generation,
-                    "lastAppliedChart": inst.spec.chart,
-                    "helmReleaseRef": {"name": name, "namespace": self.ns},
-                    "conditions": [{"type": "Ready", "status": ready, "reason": "HelmRelease",
-                                    "message": format!("release {ready}"), "lastTransitionTime": now,
-                                    "observedGeneration": inst.metadata.generation}]}})),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn chart_version(&self, name: &str) -> String {
-        self.targets()
-            .get(name)
-            .await
-            .unwrap()
-            .spec
-            .chart
-            .unwrap()
-            .version
-    }
-
-    async fn gone<K>(&self, api: &Api<K>, name: &str)
-    where
-        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        eventually(&format!("{name} collected"), || async {
-            api.get_opt(name).await.unwrap().is_none().then_some(())
-        })
-        .await
-    }
+    Env::start(prefix, |ns| {
+        let mut app = instance(
+            ns,
+            "app",
+            helm_chart("app", "1.0.0"),
+            json!({"source": "inline", "inline": {"replicas": 1, "image": {"tag": "a"}}}),
+        );
+        app["metadata"]["annotations"] = caps.clone();
+        vec![placeholder(ns, "wiki", caps), app]
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- workflow (Runbook)
@@ -552,6 +329,17 @@ async fn helm_release_secret(env: &Env) {
 #[tokio::test]
 async fn helm_hook_job_clones_the_charts_hook() {
     let env = setup("op-hook").await;
+    // No release Secret yet: the Migration runs (no gate holds it) and fails on the hook.
+    env.create(
+        "mig-early",
+        "app",
+        "Migration",
+        "helmHookJob",
+        json!({"parameters": {"hookName": "h"}}),
+    )
+    .await;
+    let op = env.wait_phase("mig-early", Phase::Failed).await;
+    assert_eq!(reason(&op, "Failed"), "HookNotFound");
     helm_release_secret(&env).await;
     env.create(
         "migrate",
@@ -913,189 +701,12 @@ async fn csi_snapshots_of_the_targets_pvcs() {
     env.gone(&vss, &b).await;
 }
 
-// ------------------------------------------------------------- concurrency matrix
-
-#[tokio::test]
-async fn concurrency_matrix_rows() {
-    let env = setup("op-matrix").await;
-    let backups = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &env.velero_ns,
-        &velero::api_resource("Backup"),
-    );
-    let restores = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &env.velero_ns,
-        &velero::api_resource("Restore"),
-    );
-    let claim = |op: &str| {
-        approval::issue(
-            SECRET,
-            op,
-            "alice",
-            jiff::Timestamp::now().as_second() + 600,
-        )
-    };
-    // Row Restore × Upgrade: a running Upgrade blocks a Restore.
-    env.create(
-        "up",
-        "app",
-        "Upgrade",
-        "helm",
-        json!({"parameters": {"targetVersion": "2.0.0"}}),
-    )
-    .await;
-    env.wait_phase("up", Phase::Running).await;
-    env.create(
-        "r1",
-        "app",
-        "Restore",
-        "velero",
-        json!({"parameters": {"backupName": "b"}, "approvals": {"claim": claim("r1")}}),
-    )
-    .await;
-    let m = env.wait_blocked("r1", "ConflictingOperation").await;
-    assert!(m.contains("\"up\" (Upgrade)"), "{m}");
-    // Rows Migration / RunCommand / Runbook: never blocked.
-    env.create(
-        "cmd",
-        "app",
-        "RunCommand",
-        "job",
-        json!({"parameters": {"image": "busybox"}}),
-    )
-    .await;
-    env.wait_phase("cmd", Phase::Running).await;
-    workflow_template(&env, "t").await;
-    env.create(
-        "rb",
-        "app",
-        "Runbook",
-        "workflow",
-        json!({"parameters": {"workflowTemplate": "t"}}),
-    )
-    .await;
-    env.wait_phase("rb", Phase::Running).await;
-    env.create(
-        "mig",
-        "app",
-        "Migration",
-        "helmHookJob",
-        json!({"parameters": {"hookName": "h"}}),
-    )
-    .await;
-    // (No release Secret here: it runs and fails on the hook, but it was not blocked.)
-    let op = env.wait_phase("mig", Phase::Failed).await;
-    assert_eq!(reason(&op, "Failed"), "HookNotFound");
-    // The Upgrade completes: the Restore goes on.
-    env.instance_reports("app", "True").await;
-    env.wait_phase("up", Phase::Succeeded).await;
-    env.wait_phase("r1", Phase::Running).await;
-    // Row Backup × Restore: a running Restore blocks a Backup.
-    env.create("b1", "app", "Backup", "velero", json!({})).await;
-    let m = env.wait_blocked("b1", "ConflictingOperation").await;
-    assert!(m.contains("\"r1\" (Restore)"), "{m}");
-    env.set_status(
-        &restores,
-        &env.workload("r1"),
-        json!({"phase": "Completed"}),
-    )
-    .await;
-    env.wait_phase("r1", Phase::Succeeded).await;
-    env.wait_phase("b1", Phase::Running).await;
-    // Backup × Backup and Upgrade × Backup: not blocked.
-    env.create("b2", "app", "Backup", "velero", json!({})).await;
-    env.wait_phase("b2", Phase::Running).await;
-    env.create(
-        "up-b",
-        "app",
-        "Upgrade",
-        "helm",
-        json!({"parameters": {"targetVersion": "3.0.0"}}),
-    )
-    .await;
-    env.wait_phase("up-b", Phase::Running).await;
-    // Row Restore × Backup: running Backups block a Restore until they finish.
-    env.create(
-        "r3",
-        "app",
-        "Restore",
-        "velero",
-        json!({"parameters": {"backupName": "b"}, "approvals": {"claim": claim("r3")}}),
-    )
-    .await;
-    env.wait_blocked("r3", "ConflictingOperation").await;
-    env.instance_reports("app", "True").await;
-    env.wait_phase("up-b", Phase::Succeeded).await;
-    let m = env.wait_blocked("r3", "ConflictingOperation").await;
-    assert!(m.contains("(Backup)"), "{m}");
-    for b in ["b1", "b2"] {
-        env.set_status(&backups, &env.workload(b), json!({"phase": "Completed"}))
-            .await;
-        env.wait_phase(b, Phase::Succeeded).await;
-    }
-    env.wait_phase("r3", Phase::Running).await;
-
-    // Two Pending, mutually conflicting Operations never wait for each other: the older
-    // Restore (Pending, awaiting approval) holds the younger Backup; once approved it
-    // runs although the Backup is Pending too.
-    env.create(
-        "r2",
-        "wiki",
-        "Restore",
-        "velero",
-        json!({"parameters": {"backupName": "b"}}),
-    )
-    .await;
-    env.wait_blocked("r2", "AwaitingApproval").await;
-    // Creation timestamps have one-second resolution; ties are ordered by name.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    env.create("b4", "wiki", "Backup", "velero", json!({}))
-        .await;
-    let m = env.wait_blocked("b4", "ConflictingOperation").await;
-    assert!(m.contains("\"r2\" (Restore)"), "{m}");
-    env.ops()
-        .patch(
-            "r2",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"approvals": {"claim": claim("r2")}}})),
-        )
-        .await
-        .unwrap();
-    env.wait_phase("r2", Phase::Running).await;
-    env.set_status(
-        &restores,
-        &env.workload("r2"),
-        json!({"phase": "Completed"}),
-    )
-    .await;
-    env.wait_phase("b4", Phase::Running).await;
-    // Gates never touch a Running Operation: a newer Upgrade does not push b4 back.
-    env.create(
-        "up2",
-        "wiki",
-        "Upgrade",
-        "helm",
-        json!({"parameters": {"targetVersion": "1"}}),
-    )
-    .await;
-    env.wait_phase("up2", Phase::Failed).await;
-    assert_eq!(
-        env.ops().get("b4").await.unwrap().status.unwrap().phase,
-        Some(Phase::Running)
-    );
-}
-
 // ------------------------------------- velero cancel/timeout, target readiness, claims
 
 #[tokio::test]
 async fn velero_cancel_timeout_target_readiness_and_bound_claims() {
     let env = setup("op-velero2").await;
-    let backups = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &env.velero_ns,
-        &velero::api_resource("Backup"),
-    );
+    let backups = env.velero("Backup");
     env.create("b-cancel", "wiki", "Backup", "velero", json!({}))
         .await;
     env.wait_phase("b-cancel", Phase::Running).await;

@@ -11,6 +11,7 @@
 mod binaries;
 mod cluster;
 mod crds;
+pub mod fixtures;
 mod pki;
 mod process;
 mod shared;
