@@ -22,9 +22,9 @@ use kube_core::{DynamicObject, ResourceExt};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::conditions::{FALSE, TRUE, Time, op_reasons as r, types};
 use vworkspace_api::keys;
-use vworkspace_api::operation::{LogsRef, Operation, Phase};
+use vworkspace_api::operation::{LogsRef, Operation, OperationStatus, Phase};
 
-pub use draft::{Draft, StatusUpdate};
+pub use draft::Draft;
 pub use gates::{Block, admit, blocked_by, conflict, target_not_ready, validate};
 
 use crate::engines::{self, Build, EngineStatus, Input, Query, Settings, Stop, Workload, Write};
@@ -114,7 +114,7 @@ pub enum Decision {
 pub struct Plan {
     pub decision: Decision,
     /// The status to write, when it changed.
-    pub status: Option<StatusUpdate>,
+    pub status: Option<OperationStatus>,
     /// `None`: wait for a change.
     pub requeue: Option<Duration>,
 }

@@ -195,7 +195,7 @@ fn block_message(plan: &Plan) -> String {
 }
 
 fn status(plan: &Plan) -> &vworkspace_api::operation::OperationStatus {
-    &plan.status.as_ref().expect("a status write").status
+    plan.status.as_ref().expect("a status write")
 }
 
 fn condition<'a>(plan: &'a Plan, t: &str) -> (&'a str, &'a str, &'a str) {
@@ -543,15 +543,9 @@ fn a_block_is_pending_with_blocked_and_accepted_and_a_recheck() {
         ("False", r::VALIDATION_FAILED, message)
     );
     assert_eq!(plan.requeue, Some(BLOCKED_RECHECK));
-    let flipped: Vec<&str> = plan
-        .status
-        .as_ref()
-        .unwrap()
-        .flipped
-        .iter()
-        .map(|c| c.type_.as_str())
-        .collect();
-    assert_eq!(flipped, [types::BLOCKED, types::ACCEPTED]);
+    let blocked = find(&st.conditions, types::BLOCKED).unwrap();
+    assert_eq!(blocked.last_transition_time.0, now());
+    assert_eq!(blocked.observed_generation, Some(1));
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! here are the watches, the reads and the writes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -17,26 +16,17 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_api::keys;
 use vworkspace_decide::flux::{ChartSource, FluxChildren};
-use vworkspace_decide::instance::{
-    self as decide, Child, Decision, Observed, Plan, StatusUpdate, ValuesState,
-};
+use vworkspace_decide::instance::{self as decide, Child, Decision, Observed, Plan, ValuesState};
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 use super::Context;
-use super::events::publish_transitions;
+use super::kit::{self, AtStage, Error, HasKit, Stage};
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -111,7 +101,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
             refs2(ValuesSource::ConfigMapRef, m.namespace(), m.name_any())
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(kit::reconciler(reconcile), kit::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "applicationinstance reconcile failed");
@@ -120,14 +110,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
         .await;
 }
 
-fn error_policy(_: Arc<ApplicationInstance>, err: &Error, _: Arc<Context>) -> Action {
-    warn!(error = %err, "will retry");
-    Action::requeue(Duration::from_secs(10))
-}
-
 pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
-    let observed = observe(&ctx, &inst).await?;
+    let observed = observe(&ctx, &inst).await.at(Stage::Observe)?;
     let plan = decide::decide(&observed, now);
     act(&ctx, &observed, plan, now).await
 }
@@ -135,7 +120,7 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
 /// Secret/ConfigMap (never their values), the children left at deletion, the
 /// release's Ingresses.
-async fn observe(ctx: &Context, inst: &ApplicationInstance) -> Result<Observed, Error> {
+async fn observe(ctx: &Context, inst: &ApplicationInstance) -> Result<Observed, kube::Error> {
     let reads = decide::reads(inst);
     let namespace = inst.namespace().unwrap_or_default();
     let mut o = Observed::of(inst.clone());
@@ -167,7 +152,7 @@ async fn values_state(
     kind: ValuesSource,
     name: &str,
     key: &str,
-) -> Result<ValuesState, Error> {
+) -> Result<ValuesState, kube::Error> {
     let has_key = match kind {
         ValuesSource::SecretRef => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
@@ -188,7 +173,7 @@ async fn values_state(
     })
 }
 
-async fn child_exists(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, Error> {
+async fn child_exists(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
     let client = ctx.client.clone();
     Ok(match child {
         Child::HelmRelease(n) => Api::<HelmRelease>::namespaced(client, namespace)
@@ -214,11 +199,13 @@ async fn act(
     now: jiff::Timestamp,
 ) -> Result<Action, Error> {
     let inst = &o.inst;
+    let kit = ctx.kit();
+    let finalizer = keys::FINALIZER_APPLICATION_INSTANCE;
     match &plan.decision {
         Decision::Nothing | Decision::Block { .. } | Decision::Placeholder | Decision::Applied => {}
-        Decision::AddFinalizer => set_finalizer(ctx, inst, true).await?,
+        Decision::AddFinalizer => kit.add_finalizer(inst, finalizer).await?,
         Decision::Apply(children) => {
-            let live = apply(ctx, inst, children).await?;
+            let live = apply(ctx, inst, children).await.at(Stage::Apply)?;
             let next = decide::after_apply(o, children, &live, now);
             return finish_pass(ctx, inst, next).await;
         }
@@ -228,16 +215,18 @@ async fn act(
         } => {
             let namespace = inst.namespace().unwrap_or_default();
             for child in delete {
-                delete_child(ctx, &namespace, child).await?;
+                delete_child(ctx, &namespace, child)
+                    .await
+                    .at(Stage::Apply)?;
             }
-            if let Some(update) = &plan.status {
-                write_status(ctx, inst, update).await?;
+            if let Some(status) = &plan.status {
+                kit.apply_status(inst, status).await?;
             }
             if *remove_finalizer {
                 if !delete.is_empty() {
                     warn!(instance = %inst.name_any(), "releasing instance with Flux children still present");
                 }
-                set_finalizer(ctx, inst, false).await?;
+                kit.remove_finalizer(inst, finalizer).await?;
             } else if !delete.is_empty() {
                 info!(instance = %inst.name_any(), "waiting for Flux children to go");
             }
@@ -249,13 +238,14 @@ async fn act(
     finish_pass(ctx, inst, plan).await
 }
 
+/// Writes the planned status (server-side apply; transitions become Events).
 async fn finish_pass(
     ctx: &Context,
     inst: &ApplicationInstance,
     plan: Plan,
 ) -> Result<Action, Error> {
-    if let Some(update) = &plan.status {
-        write_status(ctx, inst, update).await?;
+    if let Some(status) = &plan.status {
+        ctx.kit().apply_status(inst, status).await?;
     }
     Ok(plan
         .requeue
@@ -268,7 +258,7 @@ async fn apply(
     ctx: &Context,
     inst: &ApplicationInstance,
     children: &FluxChildren,
-) -> Result<HelmRelease, Error> {
+) -> Result<HelmRelease, kube::Error> {
     let namespace = inst.namespace().unwrap_or_default();
     let pp = PatchParams::apply(keys::FIELD_MANAGER_OPERATOR).force();
     match &children.source {
@@ -284,19 +274,17 @@ async fn apply(
         }
     }
     delete_child(ctx, &namespace, &decide::stale_source(children)).await?;
-    Ok(
-        Api::<HelmRelease>::namespaced(ctx.client.clone(), &namespace)
-            .patch(
-                &children.helm_release.name_any(),
-                &pp,
-                &Patch::Apply(&children.helm_release),
-            )
-            .await?,
-    )
+    Api::<HelmRelease>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &children.helm_release.name_any(),
+            &pp,
+            &Patch::Apply(&children.helm_release),
+        )
+        .await
 }
 
 /// Deletes one child with background propagation; one already gone is fine.
-async fn delete_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), Error> {
+async fn delete_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), kube::Error> {
     let dp = DeleteParams::background();
     let client = ctx.client.clone();
     let result = match child {
@@ -315,54 +303,6 @@ async fn delete_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(
     };
     match result {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        other => Ok(other?),
+        other => other,
     }
-}
-
-async fn write_status(
-    ctx: &Context,
-    inst: &ApplicationInstance,
-    update: &StatusUpdate,
-) -> Result<(), Error> {
-    let api: Api<ApplicationInstance> =
-        Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
-    let mut status = serde_json::to_value(&update.status).unwrap_or_default();
-    // Cleared optional fields must be sent as null for a merge patch to remove them.
-    for field in ["helmReleaseRef", "lastAppliedChart"] {
-        if status.get(field).is_none() {
-            status[field] = serde_json::Value::Null;
-        }
-    }
-    api.patch_status(
-        &inst.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    publish_transitions(&ctx.recorder, &inst.object_ref(&()), &update.flipped).await;
-    Ok(())
-}
-
-async fn set_finalizer(
-    ctx: &Context,
-    inst: &ApplicationInstance,
-    present: bool,
-) -> Result<(), Error> {
-    let api: Api<ApplicationInstance> =
-        Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
-    let mut finalizers: Vec<String> = inst.finalizers().to_vec();
-    finalizers.retain(|f| f != keys::FINALIZER_APPLICATION_INSTANCE);
-    if present {
-        finalizers.push(keys::FINALIZER_APPLICATION_INSTANCE.into());
-    }
-    // resourceVersion makes the patch fail instead of clobbering a concurrent change.
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": inst.resource_version()}});
-    api.patch(
-        &inst.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await?;
-    Ok(())
 }

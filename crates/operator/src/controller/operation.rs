@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -17,18 +16,17 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::warn;
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
 use vworkspace_api::operation::{Engine, Operation, Phase};
 use vworkspace_decide::engines::{self, Build, Query, Scope, Select, Settings, Write};
 use vworkspace_decide::operation::{
-    self as decide, Config, Decision, Observed, Plan, StartOutcome, StatusUpdate,
+    self as decide, Config, Decision, Observed, Plan, StartOutcome,
 };
 
 use super::Context;
-use super::events::publish_transitions;
+use super::kit::{self, AtStage, Error, HasKit, Kit, Stage};
 
 pub use vworkspace_decide::operation::gates::{blocked_by, conflict, target_not_ready};
 
@@ -68,10 +66,10 @@ struct Ctx {
     peers: Store<Operation>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
+impl HasKit for Ctx {
+    fn kit(&self) -> &Kit {
+        &self.base.kit
+    }
 }
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -180,7 +178,7 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     }
     controller
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(kit::reconciler(reconcile), kit::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "operation reconcile failed");
@@ -195,11 +193,6 @@ async fn served(api: &Api<DynamicObject>) -> bool {
         api.list_metadata(&ListParams::default().limit(1)).await,
         Err(kube::Error::Api(s)) if s.code == 404
     )
-}
-
-fn error_policy(_: Arc<Operation>, err: &Error, _: Arc<Ctx>) -> Action {
-    warn!(error = %err, "will retry");
-    Action::requeue(Duration::from_secs(10))
 }
 
 fn phase(op: &Operation) -> Option<Phase> {
@@ -224,7 +217,8 @@ async fn observe(ctx: &Ctx, op: &Operation, now: jiff::Timestamp) -> Result<Obse
     let ns = op.namespace().unwrap_or_default();
     o.target = Api::<ApplicationInstance>::namespaced(ctx.base.client.clone(), &ns)
         .get_opt(&op.spec.target_ref.name)
-        .await?;
+        .await
+        .at(Stage::Observe)?;
     // An empty cache before the first list would let a conflicting Operation through.
     if ctx.peers.wait_until_ready().await.is_ok() {
         o.peers = ctx
@@ -236,11 +230,11 @@ async fn observe(ctx: &Ctx, op: &Operation, now: jiff::Timestamp) -> Result<Obse
             .collect();
     }
     for query in decide::prerequisites(&o, now) {
-        let found = read(ctx, &query).await?;
+        let found = read(ctx, &query).await.at(Stage::Observe)?;
         o.prerequisites.push(found);
     }
     if let Some(query) = decide::workload_query(op) {
-        o.workload = read(ctx, &query).await?;
+        o.workload = read(ctx, &query).await.at(Stage::Observe)?;
     }
     Ok(o)
 }
@@ -250,7 +244,7 @@ fn dynamic(ctx: &Ctx, ns: &str, ar: &kube::api::ApiResource) -> Api<DynamicObjec
 }
 
 /// Runs one engine read; results carry their type so engines can parse them.
-async fn read(ctx: &Ctx, q: &Query) -> Result<Vec<DynamicObject>, Error> {
+async fn read(ctx: &Ctx, q: &Query) -> Result<Vec<DynamicObject>, kube::Error> {
     let api = dynamic(ctx, &q.namespace, &q.resource);
     let mut found = match &q.select {
         Select::Name(name) => api.get_opt(name).await?.into_iter().collect(),
@@ -273,21 +267,22 @@ async fn read(ctx: &Ctx, q: &Query) -> Result<Vec<DynamicObject>, Error> {
 /// Executes the plan.
 async fn act(ctx: &Ctx, o: &Observed, plan: Plan, now: jiff::Timestamp) -> Result<Action, Error> {
     let op = &o.op;
+    let kit = ctx.kit();
     match &plan.decision {
         Decision::Nothing => {}
-        Decision::AddFinalizer => set_finalizer(ctx, op, true).await?,
+        Decision::AddFinalizer => kit.add_finalizer(op, keys::FINALIZER_OPERATION).await?,
         Decision::Release {
             stop,
             remove_finalizer,
         } => {
-            apply_all(ctx, stop).await?;
+            apply_all(ctx, stop).await.at(Stage::Apply)?;
             if *remove_finalizer {
-                set_finalizer(ctx, op, false).await?;
+                kit.remove_finalizer(op, keys::FINALIZER_OPERATION).await?;
             }
         }
-        Decision::Finish { stop, .. } => apply_all(ctx, stop).await?,
+        Decision::Finish { stop, .. } => apply_all(ctx, stop).await.at(Stage::Apply)?,
         Decision::Start(build) => {
-            let outcome = start(ctx, op, build).await?;
+            let outcome = start(ctx, op, build).await.at(Stage::Apply)?;
             let next = decide::after_start(o, build, outcome, now);
             return finish_pass(ctx, op, next).await;
         }
@@ -296,51 +291,14 @@ async fn act(ctx: &Ctx, o: &Observed, plan: Plan, now: jiff::Timestamp) -> Resul
     finish_pass(ctx, op, plan).await
 }
 
+/// Writes the planned status (server-side apply; transitions become Events).
 async fn finish_pass(ctx: &Ctx, op: &Operation, plan: Plan) -> Result<Action, Error> {
-    if let Some(update) = plan.status {
-        write(ctx, op, update).await?;
+    if let Some(status) = &plan.status {
+        ctx.kit().apply_status(op, status).await?;
     }
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
-}
-
-async fn write(ctx: &Ctx, op: &Operation, update: StatusUpdate) -> Result<(), Error> {
-    let api: Api<Operation> =
-        Api::namespaced(ctx.base.client.clone(), &op.namespace().unwrap_or_default());
-    let mut status = serde_json::to_value(&update.status).unwrap_or_default();
-    // A merge patch keeps map keys it does not mention: dropped outputs are sent as null.
-    if let Some(old) = op.status.as_ref().and_then(|s| s.outputs.as_ref()) {
-        let new = update.status.outputs.clone().unwrap_or_default();
-        for key in old.keys().filter(|k| !new.contains_key(*k)) {
-            status["outputs"][key] = serde_json::Value::Null;
-        }
-    }
-    api.patch_status(
-        &op.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    publish_transitions(&ctx.base.recorder, &op.object_ref(&()), &update.flipped).await;
-    Ok(())
-}
-
-async fn set_finalizer(ctx: &Ctx, op: &Operation, present: bool) -> Result<(), Error> {
-    let mut finalizers = op.finalizers().to_vec();
-    finalizers.retain(|f| f != keys::FINALIZER_OPERATION);
-    if present {
-        finalizers.push(keys::FINALIZER_OPERATION.into());
-    }
-    let api: Api<Operation> =
-        Api::namespaced(ctx.base.client.clone(), &op.namespace().unwrap_or_default());
-    api.patch(
-        &op.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": op.resource_version()}})),
-    )
-    .await?;
-    Ok(())
 }
 
 fn patch_params() -> PatchParams {
@@ -351,7 +309,7 @@ fn patch_params() -> PatchParams {
 }
 
 /// Stops (or removes) a workload; objects already gone count as stopped.
-async fn apply_all(ctx: &Ctx, writes: &[Write]) -> Result<(), Error> {
+async fn apply_all(ctx: &Ctx, writes: &[Write]) -> Result<(), kube::Error> {
     let bg = DeleteParams::background();
     for w in writes {
         let result = match w {
@@ -420,7 +378,7 @@ fn post_params() -> PostParams {
 }
 
 /// Runs the start writes in order; the first one that cannot go through ends the start.
-async fn start(ctx: &Ctx, op: &Operation, build: &Build) -> Result<StartOutcome, Error> {
+async fn start(ctx: &Ctx, op: &Operation, build: &Build) -> Result<StartOutcome, kube::Error> {
     let uid = op.uid().unwrap_or_default();
     let mut written = Vec::new();
     for w in &build.writes {
@@ -452,7 +410,7 @@ async fn start(ctx: &Ctx, op: &Operation, build: &Build) -> Result<StartOutcome,
                                 api_version: resource.api_version.clone(),
                             });
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     },
                 }
             }
@@ -474,7 +432,7 @@ async fn start(ctx: &Ctx, op: &Operation, build: &Build) -> Result<StartOutcome,
                             message: s.message,
                         });
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             other => apply_all(ctx, std::slice::from_ref(other)).await?,
