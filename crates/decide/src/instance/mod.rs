@@ -181,9 +181,15 @@ impl Draft {
         self.set(Desired::new(types::BLOCKED, FALSE, r::UNBLOCKED, ""));
     }
 
-    /// The status to write, or `None` when it is unchanged.
+    /// The status to write, or `None` when it is unchanged. `lastReconcileTime` alone
+    /// is no change: the write would wake the controller for another pass, which would
+    /// write a newer time again, a loop that never settles once passes take a second.
     pub fn finish(self) -> Option<ApplicationInstanceStatus> {
-        (self.original.as_ref() != Some(&self.status)).then_some(self.status)
+        let mut unchanged = self.status.clone();
+        if let Some(original) = &self.original {
+            unchanged.last_reconcile_time = original.last_reconcile_time.clone();
+        }
+        (self.original.as_ref() != Some(&unchanged)).then_some(self.status)
     }
 }
 

@@ -148,6 +148,20 @@ fn an_unchanged_block_writes_nothing() {
     assert!(plan.status.is_none());
 }
 
+#[test]
+fn a_pass_that_changes_nothing_but_the_time_writes_nothing() {
+    let o = world(placeholder());
+    let first = decide(&o, now()).status.expect("first pass writes");
+    let mut v = placeholder();
+    v["status"] = serde_json::to_value(&first).unwrap();
+    let later: jiff::Timestamp = "2026-01-01T00:06:00Z".parse().unwrap();
+    assert!(decide(&world(v.clone()), later).status.is_none());
+    // A real change carries the new time along.
+    v["metadata"]["generation"] = json!(2);
+    let next = decide(&world(v), later).status.expect("generation moved");
+    assert_eq!(next.last_reconcile_time.map(|t| t.0), Some(later));
+}
+
 // ------------------------------------------------------------------------ placeholder
 
 #[test]
