@@ -8,6 +8,7 @@
 //! `crates/operator` observes, calls these, and acts.
 
 pub mod approval;
+pub mod cluster;
 pub mod engines;
 pub mod flux;
 pub mod instance;

@@ -1,6 +1,6 @@
 //! Per-object exponential backoff for the error policy.
 //!
-//! A failing object is retried after 1 s, 2 s, 4 s … up to 2 min; a successful pass
+//! A failing object is retried after 1 s, 2 s, 4 s … up to 1 min; a successful pass
 //! forgets it. The map is bounded: past [`MAX_TRACKED`] objects the one whose last
 //! failure is oldest is dropped (it then restarts from the first delay — harmless).
 
@@ -25,7 +25,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             first: Duration::from_secs(1),
-            cap: Duration::from_secs(120),
+            cap: Duration::from_secs(60),
             jitter: 0.1,
         }
     }
@@ -119,7 +119,7 @@ mod tests {
     fn delays_double_from_one_second_up_to_the_cap() {
         let b = Backoff::default();
         let got: Vec<u64> = (1..=10).map(|a| b.delay(a).as_secs()).collect();
-        assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 120, 120, 120]);
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
         assert_eq!(b.delay(0), Duration::from_secs(1));
         assert_eq!(
             b.delay(u32::MAX),

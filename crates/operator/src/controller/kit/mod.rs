@@ -5,6 +5,7 @@
 //! ```ignore
 //! Controller::new(api, config)
 //!     .run(kit::reconciler(reconcile), kit::error_policy, ctx)
+//!     .for_each(kit::report)
 //! ```
 //!
 //! where `reconcile(obj, ctx) -> Result<Action, kit::Error>` is its observe → decide →
@@ -19,7 +20,7 @@
 //! - **typed errors** ([`Error`], [`Stage`]): tag each fallible step with
 //!   `.at(Stage::Observe | Apply | Status | Finalizer)`, or return
 //!   [`Error::invalid_spec`]; the category feeds the error metric, `reason()` a condition;
-//! - **[`error_policy`]**: per-object exponential backoff (1 s doubling to 2 min, reset by
+//! - **[`error_policy`]**: per-object exponential backoff (1 s doubling to 1 min, reset by
 //!   a successful pass, bounded map); an invalid spec waits for a change instead of
 //!   requeueing;
 //! - **[`Kit::apply_status`]**: the whole status written by server-side apply on the
@@ -233,7 +234,7 @@ where
     let key = object_key(&*obj);
     let span = tracing::info_span!("reconcile", controller = %controller, object = %key);
     let started = Instant::now();
-    let result = f(obj, ctx.clone()).instrument(span.clone()).await;
+    let result = f(obj, ctx.clone()).instrument(span).await;
     let kit = ctx.kit();
     kit.metrics.record_reconcile(
         &controller,
@@ -244,6 +245,19 @@ where
         kit.backoff.succeeded(&key);
     }
     result
+}
+
+/// Sink for the stream of `Controller::run`: `.for_each(kit::report)`. Reconcile
+/// failures were logged by [`error_policy`]; what is left (watch and queue errors) is
+/// logged here.
+pub async fn report<T, Q: std::error::Error>(
+    res: Result<T, kube::runtime::controller::Error<Error, Q>>,
+) {
+    if let Err(e) = res
+        && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+    {
+        tracing::warn!(error = %e, "controller");
+    }
 }
 
 /// Retry policy of every controller: exponential backoff per object; an invalid spec
