@@ -102,11 +102,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
         })
         .shutdown_on_signal()
         .run(kit::reconciler(reconcile), kit::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "applicationinstance reconcile failed");
-            }
-        })
+        .for_each(kit::report)
         .await;
 }
 

@@ -21,7 +21,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::warn;
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
 use vworkspace_api::operation::{Engine, Operation, Phase};
@@ -182,11 +181,7 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     controller
         .shutdown_on_signal()
         .run(kit::reconciler(reconcile), kit::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "operation reconcile failed");
-            }
-        })
+        .for_each(kit::report)
         .await;
 }
 
