@@ -1725,3 +1725,104 @@ fn every_type_engine_pair_has_an_engine() {
     );
     let _ = OperationType::Backup;
 }
+
+#[test]
+fn engine_failure_reasons_reach_the_failed_condition() {
+    // (type, engine, workload kind, workload namespace, what the workload reports, reason)
+    let cases: Vec<(&str, &str, &str, &str, Value, &str)> = vec![
+        (
+            "Backup",
+            "velero",
+            "Backup",
+            "velero",
+            json!({"apiVersion": "velero.io/v1", "kind": "Backup",
+                   "metadata": {"name": "team--x", "namespace": "velero"},
+                   "status": {"phase": "Failed", "failureReason": "bucket gone"}}),
+            "VeleroBackupFailed",
+        ),
+        (
+            "Restore",
+            "velero",
+            "Restore",
+            "velero",
+            json!({"apiVersion": "velero.io/v1", "kind": "Restore",
+                   "metadata": {"name": "team--x", "namespace": "velero"},
+                   "status": {"phase": "FailedValidation", "validationErrors": ["no backup"]}}),
+            "VeleroRestoreValidationFailed",
+        ),
+        (
+            "Runbook",
+            "workflow",
+            "Workflow",
+            NS,
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"phase": "Failed", "message": "step 2"}}),
+            r::WORKFLOW_FAILED,
+        ),
+        (
+            "Runbook",
+            "workflow",
+            "Workflow",
+            NS,
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"phase": "Error"}}),
+            r::WORKFLOW_ERROR,
+        ),
+        (
+            "Backup",
+            "volsync",
+            "ReplicationSource",
+            NS,
+            json!({"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationSource",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "spec": {"trigger": {"manual": "op-uid-x"}},
+                   "status": {"latestMoverStatus": {"result": "Failed"}}}),
+            r::VOLSYNC_SYNC_FAILED,
+        ),
+        (
+            "Backup",
+            "csiSnapshot",
+            "VolumeSnapshot",
+            NS,
+            json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                   "metadata": {"name": "team--x-data", "namespace": NS},
+                   "status": {"readyToUse": false, "error": {"message": "driver says no"}}}),
+            r::VOLUME_SNAPSHOT_FAILED,
+        ),
+        (
+            "Migration",
+            "helmHookJob",
+            "Job",
+            NS,
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"conditions": [{"type": "Failed", "status": "True",
+                                              "reason": "BackoffLimitExceeded"}]}}),
+            r::HELM_HOOK_JOB_FAILED,
+        ),
+    ];
+    for (t, engine, kind, ns, workload, reason) in cases {
+        let op = Op::with_engine("x", t, engine)
+            .running(kind, ns, T0)
+            .build();
+        let mut o = world(op);
+        o.workload = vec![dynamic(workload)];
+        let plan = decide(&o, now());
+        assert_eq!(
+            plan.decision,
+            Decision::Finish {
+                phase: Phase::Failed,
+                reason: reason.into(),
+                stop: vec![]
+            },
+            "{t}/{engine}"
+        );
+        assert_eq!(condition(&plan, types::FAILED).1, reason, "{t}/{engine}");
+        assert!(
+            status(&plan).logs_ref.is_some(),
+            "{t}/{engine}: kept for inspection"
+        );
+    }
+}
