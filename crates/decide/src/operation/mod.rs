@@ -194,7 +194,8 @@ fn stop_writes(o: &Observed, why: Stop) -> Vec<Write> {
 pub fn prerequisites(o: &Observed, now: jiff::Timestamp) -> Vec<Query> {
     let op = &o.op;
     let pending = !matches!(phase(op), Some(p) if p == Phase::Running || p.is_terminal());
-    if op.metadata.deletion_timestamp.is_some() || op.spec.cancel == Some(true) || !pending {
+    let starts = pending && has_finalizer(op) && op.spec.cancel != Some(true);
+    if op.metadata.deletion_timestamp.is_some() || !starts {
         return Vec::new();
     }
     let Ok(template) = validate(op) else {

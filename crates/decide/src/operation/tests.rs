@@ -891,6 +891,15 @@ fn a_blocked_operation_costs_no_engine_reads() {
             .build(),
     );
     assert!(prerequisites(&running, now()).is_empty());
+    let unfinalized = world(
+        Op::with_engine("s", "Backup", "csiSnapshot")
+            .set("/metadata/finalizers", json!([]))
+            .build(),
+    );
+    assert!(
+        prerequisites(&unfinalized, now()).is_empty(),
+        "first the finalizer"
+    );
 }
 
 // ------------------------------------------------------------------ concurrency matrix
