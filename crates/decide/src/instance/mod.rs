@@ -20,9 +20,7 @@ use kube_core::ResourceExt;
 use vworkspace_api::application_instance::{
     ApplicationInstance, ApplicationInstanceStatus, Mode, ObjectRef as StatusRef, ValuesSource,
 };
-use vworkspace_api::conditions::{
-    self, Change, Condition, Desired, FALSE, TRUE, Time, app_reasons as r, types,
-};
+use vworkspace_api::conditions::{self, Desired, FALSE, TRUE, Time, app_reasons as r, types};
 use vworkspace_api::keys;
 use vworkspace_api::validation::validate_application_instance;
 
@@ -128,7 +126,7 @@ pub enum Decision {
 pub struct Plan {
     pub decision: Decision,
     /// The status to write, when it changed.
-    pub status: Option<StatusUpdate>,
+    pub status: Option<ApplicationInstanceStatus>,
     /// `None`: wait for a change.
     pub requeue: Option<Duration>,
 }
@@ -143,21 +141,14 @@ impl Plan {
     }
 }
 
-/// A status to write, and the conditions whose status flipped.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StatusUpdate {
-    pub status: ApplicationInstanceStatus,
-    pub flipped: Vec<Condition>,
-}
-
-/// Status being assembled during one pass, plus the conditions that flipped.
+/// Status being assembled during one pass. The transitions worth an Event are found
+/// by the controller's kit when it writes (old vs new conditions).
 #[derive(Clone, Debug)]
 pub struct Draft {
     pub status: ApplicationInstanceStatus,
     original: Option<ApplicationInstanceStatus>,
     generation: Option<i64>,
     pub now: Time,
-    flipped: Vec<String>,
 }
 
 impl Draft {
@@ -167,21 +158,16 @@ impl Draft {
             original: inst.status.clone(),
             generation: inst.metadata.generation,
             now,
-            flipped: Vec::new(),
         }
     }
 
     pub fn set(&mut self, want: Desired<'_>) {
-        let t = want.type_.to_string();
-        if conditions::set(
+        conditions::set(
             &mut self.status.conditions,
             want,
             self.generation,
             &self.now,
-        ) == Change::Transitioned
-        {
-            self.flipped.push(t);
-        }
+        );
     }
 
     /// `Blocked=True` and `Ready=False` with the same reason; nothing in flight.
@@ -195,20 +181,15 @@ impl Draft {
         self.set(Desired::new(types::BLOCKED, FALSE, r::UNBLOCKED, ""));
     }
 
-    /// The update to write, or `None` when the status is unchanged.
-    pub fn finish(self) -> Option<StatusUpdate> {
-        if self.original.as_ref() == Some(&self.status) {
-            return None;
+    /// The status to write, or `None` when it is unchanged. `lastReconcileTime` alone
+    /// is no change: the write would wake the controller for another pass, which would
+    /// write a newer time again, a loop that never settles once passes take a second.
+    pub fn finish(self) -> Option<ApplicationInstanceStatus> {
+        let mut unchanged = self.status.clone();
+        if let Some(original) = &self.original {
+            unchanged.last_reconcile_time = original.last_reconcile_time.clone();
         }
-        let flipped = self
-            .flipped
-            .iter()
-            .filter_map(|t| conditions::find(&self.status.conditions, t).cloned())
-            .collect();
-        Some(StatusUpdate {
-            status: self.status,
-            flipped,
-        })
+        (self.original.as_ref() != Some(&unchanged)).then_some(self.status)
     }
 }
 

@@ -45,7 +45,7 @@ fn world(v: Value) -> Observed {
 }
 
 fn condition<'a>(plan: &'a Plan, t: &str) -> (&'a str, &'a str, &'a str) {
-    let st = &plan.status.as_ref().expect("a status write").status;
+    let st = plan.status.as_ref().expect("a status write");
     let c = find(&st.conditions, t).unwrap_or_else(|| panic!("no {t}"));
     (c.status.as_str(), c.reason.as_str(), c.message.as_str())
 }
@@ -142,10 +142,24 @@ fn an_unchanged_block_writes_nothing() {
     let mut v = managed();
     v["spec"].as_object_mut().unwrap().remove("chart");
     let first = decide(&world(v.clone()), now());
-    v["status"] = serde_json::to_value(&first.status.unwrap().status).unwrap();
+    v["status"] = serde_json::to_value(first.status.unwrap()).unwrap();
     let plan = decide(&world(v), now());
     assert!(blocked(&plan).is_some());
     assert!(plan.status.is_none());
+}
+
+#[test]
+fn a_pass_that_changes_nothing_but_the_time_writes_nothing() {
+    let o = world(placeholder());
+    let first = decide(&o, now()).status.expect("first pass writes");
+    let mut v = placeholder();
+    v["status"] = serde_json::to_value(&first).unwrap();
+    let later: jiff::Timestamp = "2026-01-01T00:06:00Z".parse().unwrap();
+    assert!(decide(&world(v.clone()), later).status.is_none());
+    // A real change carries the new time along.
+    v["metadata"]["generation"] = json!(2);
+    let next = decide(&world(v), later).status.expect("generation moved");
+    assert_eq!(next.last_reconcile_time.map(|t| t.0), Some(later));
 }
 
 // ------------------------------------------------------------------------ placeholder
@@ -175,7 +189,7 @@ fn a_placeholder_is_ready_with_nothing_to_deliver() {
         condition(&plan, types::DEGRADED),
         ("False", r::RECOVERED, "")
     );
-    let st = &plan.status.as_ref().unwrap().status;
+    let st = plan.status.as_ref().unwrap();
     assert!(st.helm_release_ref.is_none() && st.endpoints.is_empty());
     assert_eq!(st.observed_generation, Some(1));
     assert_eq!(plan.requeue, None);
@@ -236,10 +250,7 @@ fn values_source_table() {
                 );
                 assert_eq!(condition(&plan, types::READY).1, r::WAITING_FOR_SECRET);
                 // The pass still records what generation it looked at.
-                assert_eq!(
-                    plan.status.as_ref().unwrap().status.observed_generation,
-                    Some(3)
-                );
+                assert_eq!(plan.status.as_ref().unwrap().observed_generation, Some(3));
             }
             None => assert!(matches!(plan.decision, Decision::Apply(_)), "{what}"),
         }
@@ -319,7 +330,7 @@ fn status_follows_the_applied_release_table() {
             ("False", r::UNBLOCKED, ""),
             "{what}"
         );
-        let st = &plan.status.as_ref().unwrap().status;
+        let st = plan.status.as_ref().unwrap();
         assert_eq!(
             st.helm_release_ref.as_ref().map(|r| r.name.as_str()),
             Some("wiki")
@@ -349,32 +360,31 @@ fn endpoints_come_from_the_observed_ingresses() {
     }))
     .unwrap()];
     let plan = applied(&o, &release(json!([]), 1, 0));
-    let st = &plan.status.as_ref().unwrap().status;
+    let st = plan.status.as_ref().unwrap();
     assert_eq!(st.endpoints.len(), 1);
     assert_eq!(st.endpoints[0].url, "https://wiki.example");
 }
 
 #[test]
-fn a_blocked_instance_is_unblocked_once_applied_and_the_flip_is_an_event() {
+fn a_blocked_instance_is_unblocked_once_applied() {
     let mut v = managed();
     v["spec"]["values"] = json!({"source": "secretRef", "secretRef": {"name": "s", "key": "k"}});
     let mut o = world(v.clone());
     o.values = Some(ValuesState::Missing);
-    let first = decide(&o, now());
-    v["status"] = serde_json::to_value(&first.status.unwrap().status).unwrap();
+    let earlier: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+    let first = decide(&o, earlier);
+    v["status"] = serde_json::to_value(first.status.unwrap()).unwrap();
     let mut o = world(v);
     o.values = Some(ValuesState::Present);
     let plan = applied(&o, &release(json!([]), 1, 0));
-    let update = plan.status.unwrap();
-    let blocked = update
-        .flipped
-        .iter()
-        .find(|c| c.type_ == types::BLOCKED)
-        .unwrap();
+    let status = plan.status.unwrap();
+    let blocked = find(&status.conditions, types::BLOCKED).unwrap();
     assert_eq!(
         (blocked.status.as_str(), blocked.reason.as_str()),
         ("False", r::UNBLOCKED)
     );
+    // A flip: the transition time moves (the kit turns it into an Event).
+    assert_eq!(blocked.last_transition_time.0, now());
 }
 
 // --------------------------------------------------------------------------- deletion

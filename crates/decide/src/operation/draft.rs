@@ -1,26 +1,19 @@
 //! The status of an Operation being assembled during one pass.
 
 use vworkspace_api::conditions::types;
-use vworkspace_api::conditions::{self, Condition, Desired, FALSE, TRUE, Time, op_reasons as r};
+use vworkspace_api::conditions::{self, Desired, FALSE, TRUE, Time, op_reasons as r};
 use vworkspace_api::operation::{Operation, OperationStatus, Phase};
 
 use crate::engines::helm;
 
-/// A status to write, and the conditions whose status flipped (worth an Event).
-#[derive(Clone, Debug, PartialEq)]
-pub struct StatusUpdate {
-    pub status: OperationStatus,
-    pub flipped: Vec<Condition>,
-}
-
-/// Status being assembled, plus the condition types that flipped.
+/// Status being assembled during one pass. The transitions worth an Event are found
+/// by the controller's kit when it writes (old vs new conditions).
 #[derive(Clone, Debug)]
 pub struct Draft {
     pub status: OperationStatus,
     original: Option<OperationStatus>,
     generation: Option<i64>,
     pub now: Time,
-    flipped: Vec<String>,
 }
 
 impl Draft {
@@ -30,20 +23,16 @@ impl Draft {
             original: op.status.clone(),
             generation: op.metadata.generation,
             now,
-            flipped: Vec::new(),
         }
     }
 
     pub fn set(&mut self, t: &str, s: &str, reason: &str, message: impl Into<String>) {
-        let change = conditions::set(
+        conditions::set(
             &mut self.status.conditions,
             Desired::new(t, s, reason, message),
             self.generation,
             &self.now,
         );
-        if change == conditions::Change::Transitioned {
-            self.flipped.push(t.to_string());
-        }
     }
 
     /// Pending, `Blocked=True` and `Accepted=False`, both with `reason`.
@@ -71,19 +60,8 @@ impl Draft {
         self.set(types::BLOCKED, FALSE, r::UNBLOCKED, "");
     }
 
-    /// The update to write, or `None` when the status is unchanged.
-    pub fn finish(self) -> Option<StatusUpdate> {
-        if self.original.as_ref() == Some(&self.status) {
-            return None;
-        }
-        let flipped = self
-            .flipped
-            .iter()
-            .filter_map(|t| conditions::find(&self.status.conditions, t).cloned())
-            .collect();
-        Some(StatusUpdate {
-            status: self.status,
-            flipped,
-        })
+    /// The status to write, or `None` when it is unchanged.
+    pub fn finish(self) -> Option<OperationStatus> {
+        (self.original.as_ref() != Some(&self.status)).then_some(self.status)
     }
 }

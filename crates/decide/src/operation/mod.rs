@@ -22,9 +22,9 @@ use kube_core::{DynamicObject, ResourceExt};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::conditions::{FALSE, TRUE, Time, op_reasons as r, types};
 use vworkspace_api::keys;
-use vworkspace_api::operation::{LogsRef, Operation, Phase};
+use vworkspace_api::operation::{LogsRef, Operation, OperationStatus, Phase};
 
-pub use draft::{Draft, StatusUpdate};
+pub use draft::Draft;
 pub use gates::{Block, admit, blocked_by, conflict, target_not_ready, validate};
 
 use crate::engines::{self, Build, EngineStatus, Input, Query, Settings, Stop, Workload, Write};
@@ -114,7 +114,7 @@ pub enum Decision {
 pub struct Plan {
     pub decision: Decision,
     /// The status to write, when it changed.
-    pub status: Option<StatusUpdate>,
+    pub status: Option<OperationStatus>,
     /// `None`: wait for a change.
     pub requeue: Option<Duration>,
 }
@@ -194,7 +194,8 @@ fn stop_writes(o: &Observed, why: Stop) -> Vec<Write> {
 pub fn prerequisites(o: &Observed, now: jiff::Timestamp) -> Vec<Query> {
     let op = &o.op;
     let pending = !matches!(phase(op), Some(p) if p == Phase::Running || p.is_terminal());
-    if op.metadata.deletion_timestamp.is_some() || op.spec.cancel == Some(true) || !pending {
+    let starts = pending && has_finalizer(op) && op.spec.cancel != Some(true);
+    if op.metadata.deletion_timestamp.is_some() || !starts {
         return Vec::new();
     }
     let Ok(template) = validate(op) else {

@@ -195,7 +195,7 @@ fn block_message(plan: &Plan) -> String {
 }
 
 fn status(plan: &Plan) -> &vworkspace_api::operation::OperationStatus {
-    &plan.status.as_ref().expect("a status write").status
+    plan.status.as_ref().expect("a status write")
 }
 
 fn condition<'a>(plan: &'a Plan, t: &str) -> (&'a str, &'a str, &'a str) {
@@ -543,15 +543,9 @@ fn a_block_is_pending_with_blocked_and_accepted_and_a_recheck() {
         ("False", r::VALIDATION_FAILED, message)
     );
     assert_eq!(plan.requeue, Some(BLOCKED_RECHECK));
-    let flipped: Vec<&str> = plan
-        .status
-        .as_ref()
-        .unwrap()
-        .flipped
-        .iter()
-        .map(|c| c.type_.as_str())
-        .collect();
-    assert_eq!(flipped, [types::BLOCKED, types::ACCEPTED]);
+    let blocked = find(&st.conditions, types::BLOCKED).unwrap();
+    assert_eq!(blocked.last_transition_time.0, now());
+    assert_eq!(blocked.observed_generation, Some(1));
 }
 
 #[test]
@@ -897,6 +891,15 @@ fn a_blocked_operation_costs_no_engine_reads() {
             .build(),
     );
     assert!(prerequisites(&running, now()).is_empty());
+    let unfinalized = world(
+        Op::with_engine("s", "Backup", "csiSnapshot")
+            .set("/metadata/finalizers", json!([]))
+            .build(),
+    );
+    assert!(
+        prerequisites(&unfinalized, now()).is_empty(),
+        "first the finalizer"
+    );
 }
 
 // ------------------------------------------------------------------ concurrency matrix
@@ -1730,4 +1733,105 @@ fn every_type_engine_pair_has_an_engine() {
         ]
     );
     let _ = OperationType::Backup;
+}
+
+#[test]
+fn engine_failure_reasons_reach_the_failed_condition() {
+    // (type, engine, workload kind, workload namespace, what the workload reports, reason)
+    let cases: Vec<(&str, &str, &str, &str, Value, &str)> = vec![
+        (
+            "Backup",
+            "velero",
+            "Backup",
+            "velero",
+            json!({"apiVersion": "velero.io/v1", "kind": "Backup",
+                   "metadata": {"name": "team--x", "namespace": "velero"},
+                   "status": {"phase": "Failed", "failureReason": "bucket gone"}}),
+            "VeleroBackupFailed",
+        ),
+        (
+            "Restore",
+            "velero",
+            "Restore",
+            "velero",
+            json!({"apiVersion": "velero.io/v1", "kind": "Restore",
+                   "metadata": {"name": "team--x", "namespace": "velero"},
+                   "status": {"phase": "FailedValidation", "validationErrors": ["no backup"]}}),
+            "VeleroRestoreValidationFailed",
+        ),
+        (
+            "Runbook",
+            "workflow",
+            "Workflow",
+            NS,
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"phase": "Failed", "message": "step 2"}}),
+            r::WORKFLOW_FAILED,
+        ),
+        (
+            "Runbook",
+            "workflow",
+            "Workflow",
+            NS,
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"phase": "Error"}}),
+            r::WORKFLOW_ERROR,
+        ),
+        (
+            "Backup",
+            "volsync",
+            "ReplicationSource",
+            NS,
+            json!({"apiVersion": "volsync.backube/v1alpha1", "kind": "ReplicationSource",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "spec": {"trigger": {"manual": "op-uid-x"}},
+                   "status": {"latestMoverStatus": {"result": "Failed"}}}),
+            r::VOLSYNC_SYNC_FAILED,
+        ),
+        (
+            "Backup",
+            "csiSnapshot",
+            "VolumeSnapshot",
+            NS,
+            json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                   "metadata": {"name": "team--x-data", "namespace": NS},
+                   "status": {"readyToUse": false, "error": {"message": "driver says no"}}}),
+            r::VOLUME_SNAPSHOT_FAILED,
+        ),
+        (
+            "Migration",
+            "helmHookJob",
+            "Job",
+            NS,
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+                   "metadata": {"name": "team--x", "namespace": NS},
+                   "status": {"conditions": [{"type": "Failed", "status": "True",
+                                              "reason": "BackoffLimitExceeded"}]}}),
+            r::HELM_HOOK_JOB_FAILED,
+        ),
+    ];
+    for (t, engine, kind, ns, workload, reason) in cases {
+        let op = Op::with_engine("x", t, engine)
+            .running(kind, ns, T0)
+            .build();
+        let mut o = world(op);
+        o.workload = vec![dynamic(workload)];
+        let plan = decide(&o, now());
+        assert_eq!(
+            plan.decision,
+            Decision::Finish {
+                phase: Phase::Failed,
+                reason: reason.into(),
+                stop: vec![]
+            },
+            "{t}/{engine}"
+        );
+        assert_eq!(condition(&plan, types::FAILED).1, reason, "{t}/{engine}");
+        assert!(
+            status(&plan).logs_ref.is_some(),
+            "{t}/{engine}: kept for inspection"
+        );
+    }
 }

@@ -1,0 +1,90 @@
+//! Observe: what [`decide::reads`] names, read once. Only key names of the values
+//! Secret/ConfigMap are looked at; their values never leave the API response.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use tracing::warn;
+use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
+use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
+use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
+
+use crate::controller::Context;
+
+/// Reads what the decision needs ([`decide::reads`]): key presence of the values
+/// Secret/ConfigMap (never their values), the children left at deletion, the
+/// release's Ingresses.
+pub(super) async fn observe(
+    ctx: &Context,
+    inst: &ApplicationInstance,
+) -> Result<Observed, kube::Error> {
+    let reads = decide::reads(inst);
+    let namespace = inst.namespace().unwrap_or_default();
+    let mut o = Observed::of(inst.clone());
+    if let Some((kind, name, key)) = &reads.values {
+        o.values = Some(values_state(ctx, &namespace, *kind, name, key).await?);
+    }
+    for child in reads.children {
+        if child_exists(ctx, &namespace, &child).await? {
+            o.children.push(child);
+        }
+    }
+    if let Some((ns, selector)) = &reads.ingresses {
+        o.ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_else(|e| {
+                // Endpoints are informative; a missing permission must not block delivery.
+                warn!(error = %e, "cannot list Ingresses for status.endpoints");
+                Vec::new()
+            });
+    }
+    Ok(o)
+}
+
+async fn values_state(
+    ctx: &Context,
+    namespace: &str,
+    kind: ValuesSource,
+    name: &str,
+    key: &str,
+) -> Result<ValuesState, kube::Error> {
+    let has_key = match kind {
+        ValuesSource::SecretRef => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(|s| {
+                s.data.as_ref().is_some_and(|d| d.contains_key(key))
+                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+            }),
+        _ => Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(|c| c.data.as_ref().is_some_and(|d| d.contains_key(key))),
+    };
+    Ok(match has_key {
+        None => ValuesState::Missing,
+        Some(false) => ValuesState::KeyMissing,
+        Some(true) => ValuesState::Present,
+    })
+}
+
+async fn child_exists(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
+    let client = ctx.client.clone();
+    Ok(match child {
+        Child::HelmRelease(n) => Api::<HelmRelease>::namespaced(client, namespace)
+            .get_opt(n)
+            .await?
+            .is_some(),
+        Child::HelmRepository(n) => Api::<HelmRepository>::namespaced(client, namespace)
+            .get_opt(n)
+            .await?
+            .is_some(),
+        Child::OCIRepository(n) => Api::<OCIRepository>::namespaced(client, namespace)
+            .get_opt(n)
+            .await?
+            .is_some(),
+    })
+}
