@@ -918,11 +918,17 @@ const TYPES: [&str; 6] = [
 /// Decides `incoming` (new, approved) with one `existing` peer in `phase`.
 fn gate(incoming: &str, existing: &str, phase: &str) -> Plan {
     let peer = Op::new("existing", existing).phase(phase).build();
+    gate_with(incoming, vec![peer])
+}
+
+/// Decides `incoming` (new, approved, created after every peer) against `peers`, with
+/// whatever the engine looks up present.
+fn gate_with(incoming: &str, peers: Vec<Operation>) -> Plan {
     let op = Op::new("incoming", incoming)
         .claim()
         .created("2026-01-01T00:00:05Z")
         .build();
-    let mut o = with_peers(world(op), vec![peer]);
+    let mut o = with_peers(world(op), peers);
     // Whatever the engine looks up exists (the Runbook's WorkflowTemplate).
     o.prerequisites = prerequisites(&o, now())
         .into_iter()
@@ -1015,6 +1021,43 @@ fn rows_migration_runcommand_runbook_never_blocked() {
             );
         }
     }
+}
+
+#[test]
+fn row_restore_waits_for_every_blocker_not_just_the_first() {
+    let peers = |upgrade: &str, backups: [&str; 2]| {
+        vec![
+            Op::new("up", "Upgrade").phase(upgrade).build(),
+            Op::new("b1", "Backup").phase(backups[0]).build(),
+            Op::new("b2", "Backup").phase(backups[1]).build(),
+        ]
+    };
+    // Upgrade and two Backups running: blocked.
+    let plan = gate_with("Restore", peers("Running", ["Running", "Running"]));
+    assert_eq!(blocked_reason(&plan), Some(r::CONFLICTING_OPERATION));
+    // The Upgrade finished: still blocked, now by a Backup.
+    let plan = gate_with("Restore", peers("Succeeded", ["Running", "Running"]));
+    assert_eq!(blocked_reason(&plan), Some(r::CONFLICTING_OPERATION));
+    assert!(
+        block_message(&plan).contains("(Backup)"),
+        "{}",
+        block_message(&plan)
+    );
+    // One Backup left running: still blocked.
+    let plan = gate_with("Restore", peers("Succeeded", ["Succeeded", "Running"]));
+    assert_eq!(blocked_reason(&plan), Some(r::CONFLICTING_OPERATION));
+    assert!(
+        block_message(&plan).contains("\"b2\" (Backup)"),
+        "{}",
+        block_message(&plan)
+    );
+    // Every blocker finished: the Restore starts.
+    let plan = gate_with("Restore", peers("Succeeded", ["Succeeded", "Succeeded"]));
+    assert!(
+        matches!(plan.decision, Decision::Start(_)),
+        "{:?}",
+        plan.decision
+    );
 }
 
 #[test]
