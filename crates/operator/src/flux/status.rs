@@ -1,10 +1,46 @@
 //! Mapping a watched HelmRelease onto the instance's conditions (spec §7.4, corrected:
 //! a failed release is `Ready=False`, and Flux's Ready is trusted only once Flux has
 //! observed the HelmRelease's current generation).
+//!
+//! What real helm-controller (v1.4) does, and this mapping relies on:
+//! - While it retries a failing install or upgrade it leaves `status.observedGeneration`
+//!   at its old value (-1 before the first success) and writes the generation it acted
+//!   on into the `Ready` condition's own `observedGeneration`. That field decides
+//!   whether Ready is current; the status field is only a fallback.
+//! - `Stalled=True` means it stopped retrying (retries exhausted, invalid chart
+//!   reference): terminal until the spec changes, so not "reconciling".
+//! - `Released=False` is the last Helm action failing; `Remediated=True` says it rolled
+//!   back or uninstalled; `TestSuccess=False` says the chart's tests failed.
+//!
+//! Flux's own reason travels in the message (`InstallFailed: …`): our reasons are a
+//! fixed vocabulary, Flux's are what a person searches for.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use vworkspace_api::conditions::{Desired, FALSE, TRUE, UNKNOWN, app_reasons as r, find, types};
 
 use crate::kinds::flux::HelmRelease;
+
+fn with_reason(c: &Condition) -> String {
+    match (c.reason.is_empty(), c.message.is_empty()) {
+        (true, _) => c.message.clone(),
+        (false, true) => c.reason.clone(),
+        (false, false) => format!("{}: {}", c.reason, c.message),
+    }
+}
+
+/// Whether Flux's conditions describe the HelmRelease's current generation.
+fn is_current(hr: &HelmRelease, ready: Option<&Condition>) -> bool {
+    let status_observed = hr.status.as_ref().and_then(|s| s.observed_generation);
+    let observed = ready
+        .and_then(|c| c.observed_generation)
+        .filter(|g| *g > 0)
+        .or(status_observed);
+    match (hr.metadata.generation, observed) {
+        (Some(g), Some(o)) => o >= g,
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
 
 /// Ready, Reconciling, Degraded and Suspended for a managed instance.
 pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
@@ -36,14 +72,13 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
     } else {
         Desired::new(types::SUSPENDED, FALSE, r::ACTIVE, "")
     };
-    let status = hr.status.clone().unwrap_or_default();
-    let conditions = status.conditions.unwrap_or_default();
-    let current = match (hr.metadata.generation, status.observed_generation) {
-        (Some(g), Some(o)) => o >= g,
-        (None, _) => true,
-        (Some(_), None) => false,
-    };
-    if !current || conditions.is_empty() {
+    let conditions = hr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let ready = find(&conditions, "Ready");
+    if !is_current(hr, ready) || conditions.is_empty() {
         return vec![
             Desired::new(
                 types::READY,
@@ -61,10 +96,70 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
             suspended,
         ];
     }
-    let ready = find(&conditions, "Ready");
-    let reconciling = find(&conditions, "Reconciling").filter(|c| c.status == TRUE);
-    let released_false = find(&conditions, "Released").filter(|c| c.status == FALSE);
-    let reconciling_cond = match reconciling {
+    let on = |t: &str, status: &str| find(&conditions, t).filter(|c| c.status == status);
+    let stalled = on("Stalled", TRUE);
+    let reconciling = on("Reconciling", TRUE);
+    let released_false = on("Released", FALSE);
+    let remediated = on("Remediated", TRUE);
+    let tests_failed = on("TestSuccess", FALSE);
+
+    let ready_cond = match (stalled, ready.map(|c| c.status.as_str())) {
+        (Some(c), _) => Desired::new(
+            types::READY,
+            FALSE,
+            r::HELM_RELEASE_FAILED,
+            format!("Flux stopped retrying: {}", with_reason(c)),
+        ),
+        (None, Some(TRUE)) => Desired::new(
+            types::READY,
+            TRUE,
+            r::HELM_RELEASE_READY,
+            ready.map(|c| c.message.clone()).unwrap_or_default(),
+        ),
+        (None, Some(FALSE)) => Desired::new(
+            types::READY,
+            FALSE,
+            r::HELM_RELEASE_FAILED,
+            ready.map(with_reason).unwrap_or_default(),
+        ),
+        (None, _) => Desired::new(
+            types::READY,
+            UNKNOWN,
+            r::HELM_RELEASE_INSTALLING,
+            reconciling
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| "release in progress".into()),
+        ),
+    };
+    let ready_false = ready_cond.status == FALSE;
+    // Most specific first: a rollback, a failed Helm action, failed tests, a failed Ready.
+    let degraded = if let Some(c) = remediated.filter(|c| c.reason.contains("Rollback")) {
+        Desired::new(types::DEGRADED, TRUE, r::ROLLED_BACK, with_reason(c))
+    } else if let Some(c) = released_false.or(remediated) {
+        Desired::new(
+            types::DEGRADED,
+            TRUE,
+            r::HELM_RELEASE_DEGRADED,
+            with_reason(c),
+        )
+    } else if let Some(c) = tests_failed {
+        Desired::new(
+            types::DEGRADED,
+            TRUE,
+            r::HELM_RELEASE_DEGRADED,
+            format!("Helm tests failed: {}", with_reason(c)),
+        )
+    } else if ready_false {
+        Desired::new(
+            types::DEGRADED,
+            TRUE,
+            r::HELM_RELEASE_DEGRADED,
+            ready_cond.message.clone(),
+        )
+    } else {
+        Desired::new(types::DEGRADED, FALSE, r::RECOVERED, "")
+    };
+    let reconciling_cond = match reconciling.filter(|_| stalled.is_none()) {
         Some(c) => Desired::new(
             types::RECONCILING,
             TRUE,
@@ -73,59 +168,35 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
         ),
         None => Desired::new(types::RECONCILING, FALSE, r::STABLE, ""),
     };
-    let mut out = Vec::new();
-    match ready.map(|c| c.status.as_str()) {
-        Some(TRUE) => {
-            let msg = ready.map(|c| c.message.clone()).unwrap_or_default();
-            out.push(Desired::new(types::READY, TRUE, r::HELM_RELEASE_READY, msg));
-            out.push(Desired::new(types::DEGRADED, FALSE, r::RECOVERED, ""));
-        }
-        Some(FALSE) => {
-            let msg = ready.map(|c| c.message.clone()).unwrap_or_default();
-            out.push(Desired::new(
-                types::READY,
-                FALSE,
-                r::HELM_RELEASE_FAILED,
-                msg.clone(),
-            ));
-            let degraded_msg = released_false.map(|c| c.message.clone()).unwrap_or(msg);
-            out.push(Desired::new(
-                types::DEGRADED,
-                TRUE,
-                r::HELM_RELEASE_DEGRADED,
-                degraded_msg,
-            ));
-        }
-        _ => {
-            let msg = reconciling
-                .map(|c| c.message.clone())
-                .unwrap_or_else(|| "release in progress".into());
-            out.push(Desired::new(
-                types::READY,
-                UNKNOWN,
-                r::HELM_RELEASE_INSTALLING,
-                msg,
-            ));
-            match released_false {
-                Some(c) => out.push(Desired::new(
-                    types::DEGRADED,
-                    TRUE,
-                    r::HELM_RELEASE_DEGRADED,
-                    c.message.clone(),
-                )),
-                None => out.push(Desired::new(types::DEGRADED, FALSE, r::RECOVERED, "")),
-            }
-        }
-    }
-    out.push(reconciling_cond);
-    out.push(suspended);
-    out
+    vec![ready_cond, degraded, reconciling_cond, suspended]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// What helm-controller v1.4.3 wrote while retrying a failing first install (status
+    /// copied from a real run, messages shortened).
+    fn retrying_install() -> HelmRelease {
+        serde_json::from_value(json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "broken", "namespace": "t", "generation": 1},
+            "spec": {"interval": "5m0s"},
+            "status": {"observedGeneration": -1, "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "ProgressingWithRetry",
+                 "message": "retrying after failure", "observedGeneration": 1,
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Ready", "status": "False", "reason": "InstallFailed",
+                 "message": "Helm install failed for release t/broken: ConfigMap is invalid",
+                 "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Released", "status": "False", "reason": "InstallFailed",
+                 "message": "Helm install failed: ConfigMap is invalid",
+                 "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]}
+        }))
+        .unwrap()
+    }
 
     fn hr(generation: i64, observed: i64, conditions: serde_json::Value) -> HelmRelease {
         serde_json::from_value(json!({
@@ -195,7 +266,10 @@ mod tests {
             (ready.status, ready.reason),
             (FALSE, r::HELM_RELEASE_FAILED)
         );
-        assert_eq!(get(&failed, types::DEGRADED).message, "timed out waiting");
+        assert_eq!(
+            get(&failed, types::DEGRADED).message,
+            "InstallFailed: timed out waiting"
+        );
     }
 
     #[test]
@@ -221,5 +295,113 @@ mod tests {
         assert_eq!(get(&list, types::READY).status, UNKNOWN);
         assert_eq!(get(&list, types::RECONCILING).status, TRUE);
         assert_eq!(get(&list, types::SUSPENDED).status, FALSE);
+    }
+
+    #[test]
+    fn a_retrying_install_is_failed_at_once_not_unknown() {
+        let list = release_conditions(Some(&retrying_install()));
+        let ready = get(&list, types::READY);
+        assert_eq!(
+            (ready.status, ready.reason),
+            (FALSE, r::HELM_RELEASE_FAILED)
+        );
+        assert!(
+            ready.message.starts_with("InstallFailed: "),
+            "{}",
+            ready.message
+        );
+        let degraded = get(&list, types::DEGRADED);
+        assert_eq!(degraded.status, TRUE);
+        assert_eq!(
+            degraded.message,
+            "InstallFailed: Helm install failed: ConfigMap is invalid"
+        );
+        // Flux is still retrying.
+        assert_eq!(get(&list, types::RECONCILING).status, TRUE);
+    }
+
+    #[test]
+    fn ready_of_an_older_generation_is_not_trusted() {
+        let mut newer = retrying_install();
+        newer.metadata.generation = Some(2);
+        let list = release_conditions(Some(&newer));
+        assert_eq!(get(&list, types::READY).status, UNKNOWN);
+        // Without observedGeneration on the condition, the status field decides.
+        let old = hr(
+            3,
+            3,
+            json!([cond("Ready", "True", "UpgradeSucceeded", "ok")]),
+        );
+        assert_eq!(
+            get(&release_conditions(Some(&old)), types::READY).status,
+            TRUE
+        );
+    }
+
+    #[test]
+    fn stalled_is_failed_and_not_reconciling() {
+        let list = release_conditions(Some(&hr(
+            1,
+            1,
+            json!([
+                cond(
+                    "Stalled",
+                    "True",
+                    "RetriesExceeded",
+                    "Failed to install after 4 attempt(s)"
+                ),
+                cond("Ready", "False", "InstallFailed", "install failed"),
+                cond("Reconciling", "True", "ProgressingWithRetry", "stale"),
+            ]),
+        )));
+        let ready = get(&list, types::READY);
+        assert_eq!(
+            (ready.status, ready.reason),
+            (FALSE, r::HELM_RELEASE_FAILED)
+        );
+        assert!(
+            ready.message.contains("RetriesExceeded"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(get(&list, types::RECONCILING).status, FALSE);
+        assert_eq!(get(&list, types::DEGRADED).status, TRUE);
+    }
+
+    #[test]
+    fn rollback_and_failed_tests_degrade() {
+        let rolled = release_conditions(Some(&hr(
+            2,
+            2,
+            json!([
+                cond("Ready", "False", "UpgradeFailed", "upgrade failed"),
+                cond("Released", "False", "UpgradeFailed", "upgrade failed"),
+                cond(
+                    "Remediated",
+                    "True",
+                    "RollbackSucceeded",
+                    "Helm rollback to 1 succeeded"
+                ),
+            ]),
+        )));
+        let degraded = get(&rolled, types::DEGRADED);
+        assert_eq!((degraded.status, degraded.reason), (TRUE, r::ROLLED_BACK));
+        let tested = release_conditions(Some(&hr(
+            1,
+            1,
+            json!([
+                cond("Ready", "True", "InstallSucceeded", "ok"),
+                cond("Released", "True", "InstallSucceeded", "ok"),
+                cond("TestSuccess", "False", "TestFailed", "test hook failed"),
+            ]),
+        )));
+        assert_eq!(get(&tested, types::READY).status, TRUE);
+        let degraded = get(&tested, types::DEGRADED);
+        assert_eq!(degraded.status, TRUE);
+        assert!(
+            degraded.message.contains("TestFailed"),
+            "{}",
+            degraded.message
+        );
     }
 }
