@@ -54,6 +54,7 @@ pub fn run(hold: bool) -> Result<()> {
         dir: dir.join("cluster"),
         lifetime: Lifetime::TiedToProcess,
         install_crds: true,
+        profile: testkit::Profile::Light,
     })?;
     t.say(format!(
         "control plane up at {} (Kubernetes {}); our CRDs and the Flux, Velero, Argo, snapshot and VolSync CRDs installed",
