@@ -152,12 +152,14 @@ fn tool_version(tool: &Tool) -> Result<String> {
         How::FluxModule(module) | How::Install { module, .. } => Ok(pinned_module(module)?.0),
         How::Ours { module_dir } => {
             use sha2::{Digest, Sha256};
+            let root = repo_root();
             let mut files = Vec::new();
-            crate::binaries::collect_files(&repo_root().join(module_dir), &mut files)?;
+            crate::binaries::collect_files(&root.join(module_dir), &mut files)?;
             files.sort();
             let mut hasher = Sha256::new();
             for f in files {
-                hasher.update(f.to_string_lossy().as_bytes());
+                let rel = f.strip_prefix(&root).unwrap_or(&f);
+                hasher.update(rel.to_string_lossy().as_bytes());
                 hasher.update(fs::read(&f)?);
             }
             Ok(hex::encode(hasher.finalize())[..12].to_string())
@@ -199,7 +201,7 @@ fn ensure(tool: &Tool) -> Result<PathBuf> {
         return Ok(bin);
     }
     eprintln!(
-        "testkit: building {} {version} (cold Flux builds take 5-15 minutes on 2 cores)...",
+        "testkit: building {} {version} (cold: up to 15 minutes on 2 cores for a Flux controller; cached afterwards)...",
         tool.name
     );
     let staging = base.join(format!(".staging-{}-{}", tool.name, std::process::id()));
