@@ -104,7 +104,7 @@ fn up(light: bool) -> Result<()> {
     );
     if let Some(full) = &cp.full {
         let about = format!(
-            "Helm repository (HTTP): {}\nOCI registry: {} (charts: {}/<name>)\nsimulated node: {}\ncharts: webapp 0.1.0 and 0.2.0, broken 0.1.0 (testdata/charts)\nlogs: {}\n",
+            "Helm repository (HTTP): {}\nOCI registry: {} (charts: {}/<name>)\nsimulated node: {}\ncharts: webapp and broken, 0.1.0 and 0.2.0 each (testdata/charts)\nlogs: {}\n",
             full.helm_repository_url,
             full.oci_registry,
             full.oci_chart_url(),

@@ -335,7 +335,8 @@ pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Res
             Vec::new()
         });
     draft.status.endpoints = endpoints::endpoints(&inst, &ingresses);
-    for want in release_conditions(Some(&live)) {
+    let wanted_version = inst.spec.chart.as_ref().map(|c| c.version.as_str());
+    for want in release_conditions(Some(&live), wanted_version) {
         draft.set(want);
     }
     draft.unblocked();

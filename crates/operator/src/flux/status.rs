@@ -12,6 +12,13 @@
 //! - `Released=False` is the last Helm action failing; `Remediated=True` says it rolled
 //!   back or uninstalled; `TestSuccess=False` says the chart's tests failed.
 //!
+//! - `Ready=False` with `SourceNotReady` or `DependencyNotReady` is waiting (the chart
+//!   artifact is still being fetched right after every create), not failing.
+//! - A chart from an `OCIRepository` (`chartRef`) changes version without changing the
+//!   HelmRelease's generation (only the source's tag changes), so Ready of the current
+//!   generation can still describe the old chart: Ready=True counts only once Flux's
+//!   release history shows the version the instance asks for (`X.Y.Z+<digest>` for OCI).
+//!
 //! Flux's own reason travels in the message (`InstallFailed: …`): our reasons are a
 //! fixed vocabulary, Flux's are what a person searches for.
 
@@ -25,6 +32,44 @@ fn with_reason(c: &Condition) -> String {
         (true, _) => c.message.clone(),
         (false, true) => c.reason.clone(),
         (false, false) => format!("{}: {}", c.reason, c.message),
+    }
+}
+
+/// Ready=False reasons with which helm-controller says it waits for something.
+const WAITING_REASONS: &[&str] = &["SourceNotReady", "DependencyNotReady"];
+
+/// `1.2.3`, `v1.2.3`, `1.2.3-rc.1`, `1.2.3+build` without build metadata and `v`; `None`
+/// for ranges and anything else that is not one exact version.
+fn exact_version(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let v = v.split('+').next().unwrap_or(v);
+    let core = v.split('-').next().unwrap_or(v);
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let clean = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    (numeric && clean).then_some(v)
+}
+
+/// When Flux's latest release is not of the version the instance wants: a message.
+fn version_pending(hr: &HelmRelease, desired: Option<&str>) -> Option<String> {
+    let desired = exact_version(desired?)?;
+    let installed = hr
+        .status
+        .as_ref()
+        .and_then(|s| s.history.as_ref())
+        .and_then(|h| h.first())
+        .and_then(|snap| snap.chart_version.clone())?;
+    match exact_version(&installed) {
+        Some(v) if v == desired => None,
+        _ => Some(format!(
+            "Flux has not released chart version {desired} yet (latest release: {installed})"
+        )),
     }
 }
 
@@ -42,8 +87,12 @@ fn is_current(hr: &HelmRelease, ready: Option<&Condition>) -> bool {
     }
 }
 
-/// Ready, Reconciling, Degraded and Suspended for a managed instance.
-pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
+/// Ready, Reconciling, Degraded and Suspended for a managed instance whose chart version
+/// is `desired_version` (the instance's `spec.chart.version`).
+pub fn release_conditions(
+    hr: Option<&HelmRelease>,
+    desired_version: Option<&str>,
+) -> Vec<Desired<'static>> {
     let Some(hr) = hr else {
         return vec![
             Desired::new(
@@ -103,6 +152,9 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
     let remediated = on("Remediated", TRUE);
     let tests_failed = on("TestSuccess", FALSE);
 
+    let waiting =
+        ready.filter(|c| c.status == FALSE && WAITING_REASONS.contains(&c.reason.as_str()));
+    let pending = version_pending(hr, desired_version);
     let ready_cond = match (stalled, ready.map(|c| c.status.as_str())) {
         (Some(c), _) => Desired::new(
             types::READY,
@@ -110,13 +162,21 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
             r::HELM_RELEASE_FAILED,
             format!("Flux stopped retrying: {}", with_reason(c)),
         ),
-        (None, Some(TRUE)) => Desired::new(
-            types::READY,
-            TRUE,
-            r::HELM_RELEASE_READY,
-            ready.map(|c| c.message.clone()).unwrap_or_default(),
-        ),
-        (None, Some(FALSE)) => Desired::new(
+        (None, Some(TRUE)) => match &pending {
+            None => Desired::new(
+                types::READY,
+                TRUE,
+                r::HELM_RELEASE_READY,
+                ready.map(|c| c.message.clone()).unwrap_or_default(),
+            ),
+            Some(msg) => Desired::new(
+                types::READY,
+                UNKNOWN,
+                r::HELM_RELEASE_UPGRADING,
+                msg.clone(),
+            ),
+        },
+        (None, Some(FALSE)) if waiting.is_none() => Desired::new(
             types::READY,
             FALSE,
             r::HELM_RELEASE_FAILED,
@@ -126,8 +186,9 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
             types::READY,
             UNKNOWN,
             r::HELM_RELEASE_INSTALLING,
-            reconciling
-                .map(|c| c.message.clone())
+            waiting
+                .map(with_reason)
+                .or_else(|| reconciling.map(|c| c.message.clone()))
                 .unwrap_or_else(|| "release in progress".into()),
         ),
     };
@@ -159,14 +220,26 @@ pub fn release_conditions(hr: Option<&HelmRelease>) -> Vec<Desired<'static>> {
     } else {
         Desired::new(types::DEGRADED, FALSE, r::RECOVERED, "")
     };
-    let reconciling_cond = match reconciling.filter(|_| stalled.is_none()) {
-        Some(c) => Desired::new(
+    let reconciling_cond = match (reconciling.filter(|_| stalled.is_none()), &pending) {
+        (Some(c), _) => Desired::new(
             types::RECONCILING,
             TRUE,
             r::HELM_RELEASE_INSTALLING,
             c.message.clone(),
         ),
-        None => Desired::new(types::RECONCILING, FALSE, r::STABLE, ""),
+        (None, Some(msg)) if stalled.is_none() && ready_cond.status == UNKNOWN => Desired::new(
+            types::RECONCILING,
+            TRUE,
+            r::HELM_RELEASE_UPGRADING,
+            msg.clone(),
+        ),
+        _ if waiting.is_some() && stalled.is_none() => Desired::new(
+            types::RECONCILING,
+            TRUE,
+            r::HELM_RELEASE_INSTALLING,
+            ready_cond.message.clone(),
+        ),
+        _ => Desired::new(types::RECONCILING, FALSE, r::STABLE, ""),
     };
     vec![ready_cond, degraded, reconciling_cond, suspended]
 }
@@ -212,27 +285,34 @@ mod tests {
         json!({"type": t, "status": s, "reason": reason, "message": msg, "lastTransitionTime": "2026-01-01T00:00:00Z"})
     }
 
+    fn of(hr: HelmRelease) -> Vec<Desired<'static>> {
+        release_conditions(Some(&hr), None)
+    }
+
     fn get<'a>(list: &'a [Desired<'static>], t: &str) -> &'a Desired<'static> {
         list.iter().find(|d| d.type_ == t).unwrap()
     }
 
     #[test]
     fn absent_and_stale_are_unknown() {
-        assert_eq!(get(&release_conditions(None), types::READY).status, UNKNOWN);
+        assert_eq!(
+            get(&release_conditions(None, None), types::READY).status,
+            UNKNOWN
+        );
         let stale = hr(
             2,
             1,
             json!([cond("Ready", "True", "InstallSucceeded", "ok")]),
         );
         assert_eq!(
-            get(&release_conditions(Some(&stale)), types::READY).status,
+            get(&release_conditions(Some(&stale), None), types::READY).status,
             UNKNOWN
         );
     }
 
     #[test]
     fn ready_true_and_failed_false() {
-        let ok = release_conditions(Some(&hr(
+        let ok = of(hr(
             1,
             1,
             json!([cond(
@@ -241,14 +321,14 @@ mod tests {
                 "UpgradeSucceeded",
                 "Helm upgrade succeeded"
             )]),
-        )));
+        ));
         let ready = get(&ok, types::READY);
         assert_eq!(
             (ready.status, ready.reason, ready.message.as_str()),
             (TRUE, r::HELM_RELEASE_READY, "Helm upgrade succeeded")
         );
         assert_eq!(get(&ok, types::DEGRADED).status, FALSE);
-        let failed = release_conditions(Some(&hr(
+        let failed = of(hr(
             1,
             1,
             json!([
@@ -260,7 +340,7 @@ mod tests {
                 ),
                 cond("Released", "False", "InstallFailed", "timed out waiting"),
             ]),
-        )));
+        ));
         let ready = get(&failed, types::READY);
         assert_eq!(
             (ready.status, ready.reason),
@@ -274,7 +354,7 @@ mod tests {
 
     #[test]
     fn in_progress_is_reconciling() {
-        let list = release_conditions(Some(&hr(
+        let list = of(hr(
             1,
             1,
             json!([
@@ -291,7 +371,7 @@ mod tests {
                     "Fulfilling prerequisites"
                 ),
             ]),
-        )));
+        ));
         assert_eq!(get(&list, types::READY).status, UNKNOWN);
         assert_eq!(get(&list, types::RECONCILING).status, TRUE);
         assert_eq!(get(&list, types::SUSPENDED).status, FALSE);
@@ -299,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_retrying_install_is_failed_at_once_not_unknown() {
-        let list = release_conditions(Some(&retrying_install()));
+        let list = release_conditions(Some(&retrying_install()), None);
         let ready = get(&list, types::READY);
         assert_eq!(
             (ready.status, ready.reason),
@@ -324,7 +404,7 @@ mod tests {
     fn ready_of_an_older_generation_is_not_trusted() {
         let mut newer = retrying_install();
         newer.metadata.generation = Some(2);
-        let list = release_conditions(Some(&newer));
+        let list = release_conditions(Some(&newer), None);
         assert_eq!(get(&list, types::READY).status, UNKNOWN);
         // Without observedGeneration on the condition, the status field decides.
         let old = hr(
@@ -333,14 +413,14 @@ mod tests {
             json!([cond("Ready", "True", "UpgradeSucceeded", "ok")]),
         );
         assert_eq!(
-            get(&release_conditions(Some(&old)), types::READY).status,
+            get(&release_conditions(Some(&old), None), types::READY).status,
             TRUE
         );
     }
 
     #[test]
     fn stalled_is_failed_and_not_reconciling() {
-        let list = release_conditions(Some(&hr(
+        let list = of(hr(
             1,
             1,
             json!([
@@ -353,7 +433,7 @@ mod tests {
                 cond("Ready", "False", "InstallFailed", "install failed"),
                 cond("Reconciling", "True", "ProgressingWithRetry", "stale"),
             ]),
-        )));
+        ));
         let ready = get(&list, types::READY);
         assert_eq!(
             (ready.status, ready.reason),
@@ -370,7 +450,7 @@ mod tests {
 
     #[test]
     fn rollback_and_failed_tests_degrade() {
-        let rolled = release_conditions(Some(&hr(
+        let rolled = of(hr(
             2,
             2,
             json!([
@@ -383,10 +463,10 @@ mod tests {
                     "Helm rollback to 1 succeeded"
                 ),
             ]),
-        )));
+        ));
         let degraded = get(&rolled, types::DEGRADED);
         assert_eq!((degraded.status, degraded.reason), (TRUE, r::ROLLED_BACK));
-        let tested = release_conditions(Some(&hr(
+        let tested = of(hr(
             1,
             1,
             json!([
@@ -394,7 +474,7 @@ mod tests {
                 cond("Released", "True", "InstallSucceeded", "ok"),
                 cond("TestSuccess", "False", "TestFailed", "test hook failed"),
             ]),
-        )));
+        ));
         assert_eq!(get(&tested, types::READY).status, TRUE);
         let degraded = get(&tested, types::DEGRADED);
         assert_eq!(degraded.status, TRUE);
@@ -403,5 +483,72 @@ mod tests {
             "{}",
             degraded.message
         );
+    }
+
+    #[test]
+    fn source_not_ready_is_waiting_not_failed() {
+        // What helm-controller writes right after create, while the chart is fetched.
+        let list = of(hr(
+            1,
+            -1,
+            json!([{"type": "Ready", "status": "False", "reason": "SourceNotReady",
+                    "message": "HelmChart 't/t-wiki' is not ready: latest generation of object has not been reconciled",
+                    "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]),
+        ));
+        let ready = get(&list, types::READY);
+        assert_eq!(
+            (ready.status, ready.reason),
+            (UNKNOWN, r::HELM_RELEASE_INSTALLING)
+        );
+        assert!(
+            ready.message.starts_with("SourceNotReady: "),
+            "{}",
+            ready.message
+        );
+        assert_eq!(get(&list, types::RECONCILING).status, TRUE);
+        assert_eq!(get(&list, types::DEGRADED).status, FALSE);
+    }
+
+    #[test]
+    fn ready_counts_only_for_the_wanted_chart_version() {
+        let mut release = hr(
+            1,
+            1,
+            json!([cond(
+                "Ready",
+                "True",
+                "InstallSucceeded",
+                "Helm install succeeded"
+            )]),
+        );
+        release.status.as_mut().unwrap().history = Some(vec![crate::kinds::flux::Snapshot {
+            chart_version: Some("0.1.0+74703006eecc".into()),
+            status: Some("deployed".into()),
+        }]);
+        // OCI: Flux's version carries the digest; the same version is Ready.
+        let same = release_conditions(Some(&release), Some("0.1.0"));
+        assert_eq!(get(&same, types::READY).status, TRUE);
+        // The instance asks for 0.2.0 (only the OCIRepository tag changed): not yet.
+        let newer = release_conditions(Some(&release), Some("0.2.0"));
+        let ready = get(&newer, types::READY);
+        assert_eq!(
+            (ready.status, ready.reason),
+            (UNKNOWN, r::HELM_RELEASE_UPGRADING)
+        );
+        assert!(ready.message.contains("0.2.0"), "{}", ready.message);
+        assert_eq!(get(&newer, types::RECONCILING).status, TRUE);
+        // A range cannot be compared: Flux's Ready decides.
+        let range = release_conditions(Some(&release), Some(">=0.1.0"));
+        assert_eq!(get(&range, types::READY).status, TRUE);
+    }
+
+    #[test]
+    fn exact_versions() {
+        assert_eq!(exact_version("v1.2.3"), Some("1.2.3"));
+        assert_eq!(exact_version("1.2.3+abc"), Some("1.2.3"));
+        assert_eq!(exact_version("1.2.3-rc.1"), Some("1.2.3-rc.1"));
+        assert_eq!(exact_version("1.2.x"), None);
+        assert_eq!(exact_version("^1.2.3"), None);
+        assert_eq!(exact_version(""), None);
     }
 }
