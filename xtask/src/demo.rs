@@ -373,7 +373,7 @@ async fn drive(
     let instance = json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
         "metadata": {"name": "notes", "namespace": APP_NAMESPACE, "annotations": caps},
-        "spec": {"appRef": {"catalogId": "webapp", "version": "0.1.0"},
+        "spec": {"appRef": {"catalogId": "webapp"},
                  "chart": {"sourceType": "helm", "url": full.helm_repository_url, "name": "webapp", "version": "0.1.0"},
                  "release": {"name": "notes", "namespace": APP_NAMESPACE},
                  "values": {"source": "inline", "inline": {"replicaCount": 2, "greeting": "hello from the demo"}}}

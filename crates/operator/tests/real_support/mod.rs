@@ -49,7 +49,7 @@ pub fn instance(
     json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
         "metadata": {"name": name, "namespace": ns, "annotations": capabilities()},
-        "spec": {"appRef": {"catalogId": chart, "version": version},
+        "spec": {"appRef": {"catalogId": chart},
                  "chart": {"sourceType": source_type, "url": url, "name": chart, "version": version},
                  "release": {"name": name, "namespace": ns},
                  "values": values}
