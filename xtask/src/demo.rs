@@ -612,9 +612,9 @@ async fn operation(
     let op = ops.get(name).await?;
     let phase = op.status.as_ref().and_then(|s| s.phase);
     t.say(format!(
-        "control plane received the result: {}; Operation demo/{name} {:?}; enqueue → result {:.1}s",
+        "control plane received the result: {}; Operation demo/{name} {}; enqueue → result {:.1}s",
         result.outcome,
-        phase,
+        phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "without a phase".into()),
         enqueued.elapsed().as_secs_f64()
     ));
     if result.outcome != "succeeded" || phase != Some(Phase::Succeeded) {
