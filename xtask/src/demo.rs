@@ -614,7 +614,9 @@ async fn operation(
     t.say(format!(
         "control plane received the result: {}; Operation demo/{name} {}; enqueue → result {:.1}s",
         result.outcome,
-        phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "without a phase".into()),
+        phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "without a phase".into()),
         enqueued.elapsed().as_secs_f64()
     ));
     if result.outcome != "succeeded" || phase != Some(Phase::Succeeded) {
