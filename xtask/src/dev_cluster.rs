@@ -1,16 +1,24 @@
-//! `cargo xtask dev-cluster up|down|env|status`: one background control plane for a person.
+//! `cargo xtask dev-cluster up|down|env|status`: one background cluster for a person —
+//! the full profile (scheduler, kwok node, Flux, chart sources) unless `--light`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use testkit::{Lifetime, StartOptions};
+use testkit::{Lifetime, Profile, StartOptions};
 
 #[derive(Subcommand)]
 pub enum Action {
-    /// Start etcd, kube-apiserver and kube-controller-manager with all CRDs installed.
-    Up,
+    /// Start the full test cluster: control plane, kube-scheduler, kwok with a simulated
+    /// node, Flux source- and helm-controller, a Helm repository and an OCI registry with
+    /// the test charts.
+    Up {
+        /// Only etcd, kube-apiserver and kube-controller-manager with all CRDs (no pods
+        /// run, no charts install; starts in seconds and builds no Flux).
+        #[arg(long)]
+        light: bool,
+    },
     /// Stop the processes and delete the cluster's data.
     Down,
     /// Print shell lines for `eval "$(cargo xtask dev-cluster env)"`.
@@ -47,7 +55,7 @@ fn running() -> bool {
 
 pub fn run(action: Action) -> Result<()> {
     match action {
-        Action::Up => up(),
+        Action::Up { light } => up(light),
         Action::Down => down(),
         Action::Env => env(),
         Action::Status => {
@@ -57,6 +65,10 @@ pub fn run(action: Action) -> Result<()> {
                     read_pids(),
                     dir().display()
                 );
+                print!(
+                    "{}",
+                    std::fs::read_to_string(dir().join("about")).unwrap_or_default()
+                );
             } else {
                 println!("dev cluster not running");
             }
@@ -65,7 +77,7 @@ pub fn run(action: Action) -> Result<()> {
     }
 }
 
-fn up() -> Result<()> {
+fn up(light: bool) -> Result<()> {
     if running() {
         println!("dev cluster already running; `cargo xtask dev-cluster env` prints how to use it");
         return Ok(());
@@ -76,6 +88,7 @@ fn up() -> Result<()> {
         dir: dir(),
         lifetime: Lifetime::Detached,
         install_crds: true,
+        profile: if light { Profile::Light } else { Profile::Full },
     };
     let cp = testkit::start(&opts)?;
     let pids: Vec<String> = cp.pids().iter().map(u32::to_string).collect();
@@ -89,7 +102,19 @@ fn up() -> Result<()> {
         started.elapsed().as_secs_f64(),
         cp.server
     );
-    println!("use it with:  eval \"$(cargo xtask dev-cluster env)\" && kubectl get crds");
+    if let Some(full) = &cp.full {
+        let about = format!(
+            "Helm repository (HTTP): {}\nOCI registry: {} (charts: {}/<name>)\nsimulated node: {}\ncharts: webapp and broken, 0.1.0 and 0.2.0 each (testdata/charts)\nlogs: {}\n",
+            full.helm_repository_url,
+            full.oci_registry,
+            full.oci_chart_url(),
+            full.node,
+            dir().display()
+        );
+        print!("{about}");
+        std::fs::write(dir().join("about"), about)?;
+    }
+    println!("use it with:  eval \"$(cargo xtask dev-cluster env)\" && kubectl get nodes,crds");
     Ok(())
 }
 

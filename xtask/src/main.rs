@@ -38,6 +38,9 @@ enum Command {
     },
     /// Build (or find in the cache) the control-plane binaries and print where they are.
     ControlPlane,
+    /// Build (or find in the cache) the full profile's programs (Flux source- and
+    /// helm-controller, kwok, the OCI registry, the chart server) and print where they are.
+    Tools,
     /// Start, stop or use a background control plane for local development.
     DevCluster {
         #[command(subcommand)]
@@ -53,6 +56,15 @@ fn main() -> Result<()> {
         Command::ControlPlane => {
             let bins = testkit::ensure_binaries()?;
             println!("{}", bins.dir.display());
+            Ok(())
+        }
+        Command::Tools => {
+            let started = std::time::Instant::now();
+            let tools = testkit::ensure_tools()?;
+            for (var, path) in tools.env() {
+                println!("{var}={}", path.display());
+            }
+            eprintln!("ready in {:.1}s", started.elapsed().as_secs_f64());
             Ok(())
         }
         Command::DevCluster { action } => dev_cluster::run(action),

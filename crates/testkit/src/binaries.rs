@@ -14,14 +14,16 @@ pub const KUBERNETES_VERSION: &str = "v1.36.3";
 /// etcd release built from `go.etcd.io/etcd/server/v3`.
 pub const ETCD_VERSION: &str = "v3.6.16";
 
-const BINARIES: [&str; 4] = [
+const BINARIES: [&str; 5] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
     "kubectl",
 ];
 
-/// A directory holding `etcd`, `kube-apiserver`, `kube-controller-manager` and `kubectl`.
+/// A directory holding `etcd`, `kube-apiserver`, `kube-controller-manager`,
+/// `kube-scheduler` and `kubectl`.
 #[derive(Clone, Debug)]
 pub struct Binaries {
     pub dir: PathBuf,
@@ -76,7 +78,7 @@ fn cache_key(root: &Path) -> Result<String> {
     ))
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
@@ -91,7 +93,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Returns the control-plane binaries, building them with `go build` on first use.
 ///
 /// `VWORKSPACE_CONTROL_PLANE_BIN` or `KUBEBUILDER_ASSETS` may point at a directory that
-/// already holds all four binaries. Concurrent callers (several test binaries) serialise
+/// already holds all five binaries. Concurrent callers (several test binaries) serialise
 /// on a lock file so only one builds.
 pub fn ensure_binaries() -> Result<Binaries> {
     for var in ["VWORKSPACE_CONTROL_PLANE_BIN", "KUBEBUILDER_ASSETS"] {

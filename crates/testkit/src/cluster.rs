@@ -1,4 +1,5 @@
-//! Starting one control plane: etcd, kube-apiserver, kube-controller-manager.
+//! Starting one control plane: etcd, kube-apiserver, kube-controller-manager, and in the
+//! full profile kube-scheduler and the processes of [`crate::full`].
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,22 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::binaries::{Binaries, ensure_binaries};
-use crate::crds::{install_crds, our_crd_files, third_party_crd_files};
+use crate::crds::{flux_crd_files, install_crds, our_crd_files, third_party_crd_files};
+use crate::full::FullProfile;
 use crate::pki;
 use crate::process::{Lifetime, spawn, tail};
+
+/// Which processes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// etcd, kube-apiserver and kube-controller-manager with the garbage collector and
+    /// namespace controllers: an API, nothing that runs pods or installs charts.
+    Light,
+    /// Light plus kube-scheduler; the deployment, replicaset, job and serviceaccount
+    /// controllers; kwok with one simulated node; Flux source- and helm-controller with all
+    /// their CRDs; an HTTP Helm repository and an OCI registry serving the test charts.
+    Full,
+}
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -24,6 +38,7 @@ pub struct StartOptions {
     pub lifetime: Lifetime,
     /// Install our CRDs and the third-party CRDs.
     pub install_crds: bool,
+    pub profile: Profile,
 }
 
 /// A started control plane.
@@ -33,8 +48,11 @@ pub struct Running {
     /// Admin kubeconfig (`system:masters`).
     pub kubeconfig: PathBuf,
     pub server: String,
-    /// etcd, kube-apiserver, kube-controller-manager, in start order.
+    /// etcd, kube-apiserver, kube-controller-manager, then the full profile's, in start
+    /// order.
     pub children: Vec<Child>,
+    /// What the full profile added; `None` for [`Profile::Light`].
+    pub full: Option<FullProfile>,
 }
 
 impl Running {
@@ -87,6 +105,12 @@ fn check_alive(child: &mut Child, what: &str, log: &Path) -> Result<()> {
 /// [`Lifetime::TiedToProcess`]).
 pub fn start(opts: &StartOptions) -> Result<Running> {
     let binaries = ensure_binaries()?;
+    let full_profile = opts.profile == Profile::Full;
+    let tools = if full_profile {
+        Some(crate::tools::ensure_tools()?)
+    } else {
+        None
+    };
     let dir = &opts.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = pki::generate(dir)?;
@@ -175,9 +199,17 @@ pub fn start(opts: &StartOptions) -> Result<Running> {
         }
 
         let kcm_log = dir.join("kube-controller-manager.log");
+        let controllers = if full_profile {
+            // What Deployments and Jobs need to get pods; no node-lifecycle controller
+            // (see full::create_node).
+            "garbage-collector-controller,namespace-controller,deployment-controller,\
+             replicaset-controller,job-controller,serviceaccount-controller"
+        } else {
+            "garbage-collector-controller,namespace-controller"
+        };
         let kcm_args = vec![
             format!("--kubeconfig={}", kubeconfig.display()),
-            "--controllers=garbage-collector-controller,namespace-controller".into(),
+            format!("--controllers={controllers}"),
             "--leader-elect=false".into(),
             "--secure-port=0".into(),
             "--v=1".into(),
@@ -189,26 +221,67 @@ pub fn start(opts: &StartOptions) -> Result<Running> {
             opts.lifetime,
         )?);
 
-        if opts.install_crds {
+        let scheduler_log = dir.join("kube-scheduler.log");
+        if full_profile {
+            let args = vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ];
+            children.push(spawn(
+                &binaries.path("kube-scheduler"),
+                &args,
+                &scheduler_log,
+                opts.lifetime,
+            )?);
+        }
+
+        if opts.install_crds || full_profile {
             let mut files = our_crd_files()?;
             files.extend(third_party_crd_files()?);
+            if full_profile {
+                files.extend(flux_crd_files()?);
+            }
             install_crds(&client, &files).await?;
         }
         check_alive(&mut children[2], "kube-controller-manager", &kcm_log)?;
-        Ok(())
+        let full = match tools {
+            Some(tools) => {
+                check_alive(&mut children[3], "kube-scheduler", &scheduler_log)?;
+                Some(
+                    crate::full::start(
+                        &client,
+                        &kubeconfig,
+                        dir,
+                        opts.lifetime,
+                        tools,
+                        &mut children,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        Ok(full)
     });
-    if let Err(err) = result {
-        for child in &mut children {
-            let _ = child.kill();
-            let _ = child.wait();
+    let full = match result {
+        Ok(full) => full,
+        Err(err) => {
+            for child in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(err);
         }
-        return Err(err);
-    }
+    };
     Ok(Running {
         dir: dir.clone(),
         binaries,
         kubeconfig,
         server,
         children,
+        full,
     })
 }

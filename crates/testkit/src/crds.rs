@@ -117,6 +117,30 @@ pub fn third_party_crd_files() -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Every CRD of Flux source-controller and helm-controller (the full profile runs them:
+/// helm-controller creates a `HelmChart` per `spec.chart`, and source-controller watches
+/// `GitRepository`, `Bucket` and `ExternalArtifact` too).
+pub fn flux_crd_files() -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for module in [
+        "github.com/fluxcd/source-controller",
+        "github.com/fluxcd/helm-controller",
+    ] {
+        let dir = module_dir(module)?.join("config/crd/bases");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        if found.is_empty() {
+            bail!("{module} has no CRDs in config/crd/bases");
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
 fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -20,10 +20,23 @@ pub enum Lifetime {
 }
 
 pub(crate) fn spawn(bin: &Path, args: &[String], log: &Path, lifetime: Lifetime) -> Result<Child> {
+    spawn_with_env(bin, args, &[], log, lifetime)
+}
+
+pub(crate) fn spawn_with_env(
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, &Path)],
+    log: &Path,
+    lifetime: Lifetime,
+) -> Result<Child> {
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     // SAFETY: the closures only call async-signal-safe libc functions between fork and exec.
     unsafe {
         match lifetime {

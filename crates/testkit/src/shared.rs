@@ -14,7 +14,10 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::AuthInfo;
 use kube::{Client, Config};
 
-use crate::cluster::{StartOptions, client_from_kubeconfig, config_from_kubeconfig, start};
+use crate::cluster::{
+    Profile, StartOptions, client_from_kubeconfig, config_from_kubeconfig, start,
+};
+use crate::full::FullProfile;
 use crate::process::{Lifetime, alive};
 
 /// One control plane shared by every test in a test binary.
@@ -26,6 +29,32 @@ pub struct ControlPlane {
 }
 
 static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+/// One full-profile cluster shared by every test in a test binary that asks for it (a
+/// separate cluster from [`ControlPlane::get`]'s; tests of one binary use one or the other).
+pub struct FullCluster {
+    pub control_plane: ControlPlane,
+    pub full: FullProfile,
+}
+
+impl std::ops::Deref for FullCluster {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        &self.control_plane
+    }
+}
+
+static SHARED_FULL: OnceLock<Result<FullCluster, String>> = OnceLock::new();
+
+impl FullCluster {
+    /// The full-profile cluster of this test process, started on first use.
+    pub async fn get() -> Result<&'static FullCluster> {
+        SHARED_FULL
+            .get_or_init(|| start_shared(Profile::Full))
+            .as_ref()
+            .map_err(|e| anyhow!("full test cluster failed to start: {e}"))
+    }
+}
 
 fn base_dir() -> PathBuf {
     std::env::temp_dir().join("vworkspace-testkit")
@@ -39,17 +68,22 @@ fn sweep_stale(base: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name.to_string_lossy().parse::<u32>().ok();
+        let name = name.to_string_lossy();
+        let pid = name.trim_end_matches("-full").parse::<u32>().ok();
         if pid.is_some_and(|p| !alive(p)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
-fn start_shared() -> Result<ControlPlane, String> {
+fn start_shared<T: FromRunning + Send + 'static>(profile: Profile) -> Result<T, String> {
     let base = base_dir();
     sweep_stale(&base);
-    let dir = base.join(std::process::id().to_string());
+    let suffix = match profile {
+        Profile::Light => "",
+        Profile::Full => "-full",
+    };
+    let dir = base.join(format!("{}{suffix}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (tx, rx) = std::sync::mpsc::channel();
     // The processes are tied to the thread that spawns them, so that thread must live as
@@ -61,18 +95,14 @@ fn start_shared() -> Result<ControlPlane, String> {
                 dir,
                 lifetime: Lifetime::TiedToProcess,
                 install_crds: true,
+                profile,
             };
             let result = start(&opts);
             let (msg, children) = match result {
-                Ok(running) => (
-                    Ok(ControlPlane {
-                        dir: running.dir.clone(),
-                        kubeconfig: running.kubeconfig.clone(),
-                        server: running.server.clone(),
-                        bin_dir: running.binaries.dir.clone(),
-                    }),
-                    Some(running.children),
-                ),
+                Ok(mut running) => {
+                    let children = std::mem::take(&mut running.children);
+                    (T::from_running(running), Some(children))
+                }
                 Err(e) => (Err(format!("{e:#}")), None),
             };
             let _ = tx.send(msg);
@@ -85,11 +115,39 @@ fn start_shared() -> Result<ControlPlane, String> {
     rx.recv().map_err(|e| e.to_string())?
 }
 
+trait FromRunning: Sized {
+    fn from_running(running: crate::cluster::Running) -> Result<Self, String>;
+}
+
+impl FromRunning for ControlPlane {
+    fn from_running(running: crate::cluster::Running) -> Result<Self, String> {
+        Ok(ControlPlane {
+            dir: running.dir,
+            kubeconfig: running.kubeconfig,
+            server: running.server,
+            bin_dir: running.binaries.dir,
+        })
+    }
+}
+
+impl FromRunning for FullCluster {
+    fn from_running(mut running: crate::cluster::Running) -> Result<Self, String> {
+        let full = running
+            .full
+            .take()
+            .ok_or("the full profile did not start")?;
+        Ok(FullCluster {
+            control_plane: ControlPlane::from_running(running)?,
+            full,
+        })
+    }
+}
+
 impl ControlPlane {
     /// The control plane of this test process, started on first use with all CRDs.
     pub async fn get() -> Result<&'static ControlPlane> {
         SHARED
-            .get_or_init(start_shared)
+            .get_or_init(|| start_shared(Profile::Light))
             .as_ref()
             .map_err(|e| anyhow!("test control plane failed to start: {e}"))
     }

@@ -357,7 +357,8 @@ pub fn after_apply(
     draft.status.last_applied_chart = inst.spec.chart.clone();
     draft.status.inventory = endpoints::inventory(children, &namespace);
     draft.status.endpoints = endpoints::endpoints(inst, &o.ingresses);
-    for want in release_conditions(Some(live)) {
+    let wanted_version = inst.spec.chart.as_ref().map(|c| c.version.as_str());
+    for want in release_conditions(Some(live), wanted_version) {
         draft.set(want);
     }
     draft.unblocked();
