@@ -69,6 +69,31 @@ async fn http_chart_installs_runs_pods_upgrades_runs_operations_and_uninstalls()
         (ready.as_str(), flux_reason.as_str(), version.as_str()),
         ("True", "InstallSucceeded", "0.1.0")
     );
+    // The install never looked failed on the way (helm-controller says SourceNotReady
+    // while it fetches the chart): the operator's transition Events tell.
+    let reasons = s
+        .wait("the HelmReleaseReady Event", || async {
+            let events = s
+                .api::<k8s_openapi::api::events::v1::Event>()
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let reasons: Vec<String> = events
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+                .filter_map(|e| e.reason)
+                .collect();
+            reasons
+                .iter()
+                .any(|r| r == "HelmReleaseReady")
+                .then_some(reasons)
+        })
+        .await;
+    assert!(
+        !reasons.iter().any(|r| r == "HelmReleaseFailed"),
+        "{reasons:?}"
+    );
     assert_eq!(
         s.wait_config("web-config", "greeting", |_| true).await,
         "hi"
