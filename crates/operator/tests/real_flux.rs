@@ -279,6 +279,19 @@ async fn failing_chart_is_ready_false_within_seconds_and_fails_the_upgrade() {
     );
     assert_eq!(reason, "HelmReleaseFailed");
     assert!(message.starts_with("InstallFailed: "), "{message}");
+    // What Flux's own status said at that moment: while it retries, observedGeneration
+    // stays at -1 (the old mapping showed Ready=Unknown until the retries ran out).
+    let hr = s.api::<HelmRelease>().get("bad").await.unwrap();
+    eprintln!(
+        "failing install: HelmRelease generation {:?}, status.observedGeneration {:?}, Stalled {:?}",
+        hr.metadata.generation,
+        hr.status.as_ref().and_then(|st| st.observed_generation),
+        hr.status
+            .as_ref()
+            .and_then(|st| st.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Stalled"))
+            .map(|c| c.status.clone())
+    );
     // Flux retries three times before it gives up; the user sees the failure before that.
     assert!(took < Duration::from_secs(60), "took {took:?}");
     let (degraded, _, _) = s.condition("bad", "Degraded").await.unwrap();
