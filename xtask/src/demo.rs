@@ -65,7 +65,7 @@ pub fn run(hold: bool) -> Result<()> {
         ));
     } else {
         t.say(format!(
-            "all cached ({:.1}s); the first run on a machine builds them (about 15-30 minutes cold on 2 cores, mostly the two Flux controllers)",
+            "all cached ({:.1}s); the first run on a machine builds them (up to about 40 minutes cold on 2 busy cores, mostly the two Flux controllers)",
             build.as_secs_f64()
         ));
     }

@@ -69,6 +69,31 @@ async fn http_chart_installs_runs_pods_upgrades_runs_operations_and_uninstalls()
         (ready.as_str(), flux_reason.as_str(), version.as_str()),
         ("True", "InstallSucceeded", "0.1.0")
     );
+    // The install never looked failed on the way (helm-controller says SourceNotReady
+    // while it fetches the chart): the operator's transition Events tell.
+    let reasons = s
+        .wait("the HelmReleaseReady Event", || async {
+            let events = s
+                .api::<k8s_openapi::api::events::v1::Event>()
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let reasons: Vec<String> = events
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+                .filter_map(|e| e.reason)
+                .collect();
+            reasons
+                .iter()
+                .any(|r| r == "HelmReleaseReady")
+                .then_some(reasons)
+        })
+        .await;
+    assert!(
+        !reasons.iter().any(|r| r == "HelmReleaseFailed"),
+        "{reasons:?}"
+    );
     assert_eq!(
         s.wait_config("web-config", "greeting", |_| true).await,
         "hi"
@@ -254,6 +279,19 @@ async fn failing_chart_is_ready_false_within_seconds_and_fails_the_upgrade() {
     );
     assert_eq!(reason, "HelmReleaseFailed");
     assert!(message.starts_with("InstallFailed: "), "{message}");
+    // What Flux's own status said at that moment: while it retries, observedGeneration
+    // stays at -1 (the old mapping showed Ready=Unknown until the retries ran out).
+    let hr = s.api::<HelmRelease>().get("bad").await.unwrap();
+    eprintln!(
+        "failing install: HelmRelease generation {:?}, status.observedGeneration {:?}, Stalled {:?}",
+        hr.metadata.generation,
+        hr.status.as_ref().and_then(|st| st.observed_generation),
+        hr.status
+            .as_ref()
+            .and_then(|st| st.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Stalled"))
+            .map(|c| c.status.clone())
+    );
     // Flux retries three times before it gives up; the user sees the failure before that.
     assert!(took < Duration::from_secs(60), "took {took:?}");
     let (degraded, _, _) = s.condition("bad", "Degraded").await.unwrap();
