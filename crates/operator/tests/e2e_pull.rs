@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use mock_control_plane::{AdminClient, Fault};
 use serde_json::{Value, json};
 use support::{Operator, eventually, job, managed_instance};
 use testkit::ControlPlane;
 use testkit::fixtures::{create_namespace, helm_controller_reports, write_status};
-use vworkspace_api::{ApplicationInstance, Cluster};
+use vworkspace_api::ApplicationInstance;
 use vworkspace_operator::kinds::flux::HelmRelease;
 use vworkspace_protocol::{JobResult, signing};
 
@@ -89,36 +89,8 @@ async fn pull_mode_end_to_end() {
     let mut op = Operator::start_with(kubeconfig, op_ns, &flags);
 
     // Registration: token Secret + Cluster, as an installer applies them.
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("registration".into()),
-            ..Default::default()
-        },
-        string_data: Some([("registrationToken".to_string(), REG_TOKEN.to_string())].into()),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), op_ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let clusters: Api<Cluster> = Api::all(client.clone());
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "this-cluster"},
-        "spec": {"controlPlaneEndpoint": mock.url(), "clusterId": CLUSTER_ID,
-                 "registrationTokenSecretRef": {"name": "registration"}}
-    }))
-    .unwrap();
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
-    eventually("Connected=True", LONG, || async {
-        let c = clusters.get("this-cluster").await.unwrap();
-        let s = c.status?;
-        vworkspace_api::conditions::is_true(&s.conditions, "Connected").then_some(())
-    })
-    .await;
+    let clusters =
+        support::register_cluster(&client, op_ns, &mock.url(), CLUSTER_ID, REG_TOKEN).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), op_ns);
     let token_of = |s: Secret| s.data.unwrap()["token"].0.clone();
     let first_token = token_of(secrets.get("vworkspace-agent-credentials").await.unwrap());

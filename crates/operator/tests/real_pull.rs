@@ -12,26 +12,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ObjectMeta, PostParams};
 use mock_control_plane::{MockConfig, MockServer};
 use real_support::{Scenario, Source, instance};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::job;
 use testkit::FullCluster;
-use vworkspace_api::Cluster;
-use vworkspace_protocol::Job;
 
 const CLUSTER_ID: &str = "0d6f3a2b-real-4c1e-9b7d-5e8f1a2c3d40";
 const REG_TOKEN: &str = "vwksp-reg-real000000000000000000000000001";
 const LONG: Duration = Duration::from_secs(180);
-
-fn job(id: &str, kind: &str, key: &str, payload: Value) -> Job {
-    serde_json::from_value(json!({
-        "id": id, "kind": kind, "payload": payload, "idempotencyKey": key,
-        "createdAt": jiff::Timestamp::now().to_string()
-    }))
-    .unwrap()
-}
 
 #[tokio::test]
 async fn pull_mode_delivers_a_real_release_and_a_real_operation() {
@@ -40,15 +29,7 @@ async fn pull_mode_delivers_a_real_release_and_a_real_operation() {
     let op_ns = "vworkspace-system";
     let apps_ns = "org-real";
     for ns in [op_ns, apps_ns] {
-        let obj = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &obj)
+        testkit::fixtures::create_namespace(&client, ns)
             .await
             .unwrap();
     }
@@ -63,35 +44,7 @@ async fn pull_mode_delivers_a_real_release_and_a_real_operation() {
     let admin = mock.admin();
     let operator = support::Operator::start(full, op_ns, &["--agent-poll-interval=5s"]).await;
 
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("registration".into()),
-            ..Default::default()
-        },
-        string_data: Some([("registrationToken".to_string(), REG_TOKEN.to_string())].into()),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), op_ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "this-cluster"},
-        "spec": {"controlPlaneEndpoint": mock.url(), "clusterId": CLUSTER_ID,
-                 "registrationTokenSecretRef": {"name": "registration"}}
-    }))
-    .unwrap();
-    let clusters: Api<Cluster> = Api::all(client.clone());
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
-    support::eventually("Connected=True", LONG, || async {
-        let c = clusters.get("this-cluster").await.unwrap();
-        vworkspace_api::conditions::is_true(&c.status?.conditions, "Connected").then_some(())
-    })
-    .await;
+    support::register_cluster(&client, op_ns, &mock.url(), CLUSTER_ID, REG_TOKEN).await;
 
     // The control plane asks for the application; the result comes once Flux made it Ready.
     let enqueued = Instant::now();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -323,16 +323,6 @@ static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
 pub async fn fresh_namespace(client: &Client, prefix: &str) -> Result<String> {
     let n = NAMESPACE_COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = format!("{prefix}-{}-{n}", std::process::id());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .with_context(|| format!("creating namespace {name}"))?;
+    crate::fixtures::create_namespace(client, &name).await?;
     Ok(name)
 }

@@ -11,7 +11,7 @@ mod instances;
 mod operations;
 
 pub use binary::{Operator, chart_rules, free_port};
-pub use control_plane::{job, mock};
+pub use control_plane::{job, mock, register_cluster};
 pub use instances::{
     helm_chart, instance, instance_controller_reports, managed_instance, placeholder,
 };
