@@ -2,7 +2,7 @@
 //! say: CEL cross-field rules, defaults and list-map markers.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube_core::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::{ApplicationInstance, Cluster, Operation};

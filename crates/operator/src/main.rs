@@ -344,8 +344,11 @@ async fn run(args: RunArgs) -> Result<()> {
         leader_elect = args.leader_elect,
         "starting controllers"
     );
-    let ctx =
-        Arc::new(Context::new(client.clone()).with_selector(Some(args.reconcile_selector.clone())));
+    let ctx = Arc::new(
+        Context::new(client.clone())
+            .with_metrics(metrics.clone())
+            .with_selector(Some(args.reconcile_selector.clone())),
+    );
     let watch_namespace = args.watch_namespace.clone();
     let agent_task = tokio::spawn(run_agent(
         agent.clone(),

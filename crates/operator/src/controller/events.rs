@@ -1,39 +1,170 @@
-//! Kubernetes Events on condition transitions.
+//! The one path to Kubernetes Events: condition transitions (found by comparing the old
+//! and the new status) and the few named notices a controller plans (`ConnectivityLost`,
+//! `CredentialRotated`, `DeprecatedField`, …). Messages are ours or Flux's and never
+//! carry values, so they are safe to publish.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tracing::warn;
-use vworkspace_api::conditions::{Condition, FALSE, types};
+use vworkspace_api::conditions::{Condition, FALSE, TRUE, types};
 
-/// Publishes one Event per condition whose status flipped. Messages are ours or Flux's
-/// and never carry values, so they are safe to publish.
+/// A named Event a controller decided to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+impl Notice {
+    pub fn normal(reason: &str, note: impl Into<String>) -> Self {
+        Notice {
+            warning: false,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+
+    pub fn warning(reason: &str, note: impl Into<String>) -> Self {
+        Notice {
+            warning: true,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+}
+
+/// Conditions of `new` that are new or whose status differs from `old`.
+pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|n| {
+            !old.iter()
+                .any(|o| o.type_ == n.type_ && o.status == n.status)
+        })
+        .collect()
+}
+
+/// A condition in its bad state: `Ready`, `Connected`, `Authenticated` or
+/// `ControllersHealthy` False; `Blocked`, `Degraded`, `Disconnected` or `BufferOverflow`
+/// True.
+pub fn is_warning(c: &Condition) -> bool {
+    let bad_when_false = [
+        types::READY,
+        types::CONNECTED,
+        types::AUTHENTICATED,
+        types::CONTROLLERS_HEALTHY,
+    ];
+    let bad_when_true = [
+        types::BLOCKED,
+        types::DEGRADED,
+        types::DISCONNECTED,
+        types::BUFFER_OVERFLOW,
+    ];
+    (c.status == FALSE && bad_when_false.contains(&c.type_.as_str()))
+        || (c.status == TRUE && bad_when_true.contains(&c.type_.as_str()))
+}
+
+/// The notice for one condition transition.
+pub fn transition_notice(c: &Condition) -> (Notice, String) {
+    (
+        Notice {
+            warning: is_warning(c),
+            reason: c.reason.clone(),
+            note: format!("{}={}: {}", c.type_, c.status, c.message),
+        },
+        format!("Set{}", c.type_),
+    )
+}
+
+/// Publishes one Event; failures are logged, never returned (Events are best effort).
+pub async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    notice: &Notice,
+    action: &str,
+) {
+    let event = Event {
+        type_: if notice.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: notice.reason.clone(),
+        note: Some(notice.note.chars().take(1000).collect()),
+        action: action.chars().take(128).collect(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        warn!(error = %e, reason = %notice.reason, "could not record event");
+    }
+}
+
+/// Publishes one Event per condition in `flipped`.
 pub async fn publish_transitions(
     recorder: &Recorder,
     reference: &ObjectReference,
     flipped: &[Condition],
 ) {
     for c in flipped {
-        let warning = (c.type_ == types::READY && c.status == FALSE)
-            || ([types::BLOCKED, types::DEGRADED].contains(&c.type_.as_str())
-                && c.status == "True");
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: c.reason.clone(),
-            note: Some(
-                format!("{}={}: {}", c.type_, c.status, c.message)
-                    .chars()
-                    .take(1000)
-                    .collect(),
-            ),
-            action: format!("Set{}", c.type_),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, reference).await {
-            warn!(error = %e, "could not record event");
+        let (notice, action) = transition_notice(c);
+        publish(recorder, reference, &notice, &action).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_api::conditions::Time;
+
+    fn c(t: &str, s: &str, reason: &str) -> Condition {
+        Condition {
+            type_: t.into(),
+            status: s.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
         }
+    }
+
+    #[test]
+    fn only_new_or_flipped_conditions_are_transitions() {
+        let old = [c("Ready", "False", "A"), c("Blocked", "True", "B")];
+        let new = [
+            c("Ready", "False", "Changed"),
+            c("Blocked", "False", "Unblocked"),
+            c("Degraded", "False", "Recovered"),
+        ];
+        let got: Vec<&str> = transitions(&old, &new)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(got, ["Blocked", "Degraded"]);
+        assert!(transitions(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn warnings_follow_each_condition_polarity() {
+        for (t, s, warning) in [
+            ("Ready", "False", true),
+            ("Ready", "True", false),
+            ("Blocked", "True", true),
+            ("Degraded", "True", true),
+            ("Connected", "False", true),
+            ("Authenticated", "False", true),
+            ("ControllersHealthy", "False", true),
+            ("Disconnected", "True", true),
+            ("Disconnected", "False", false),
+            ("BufferOverflow", "True", true),
+            ("Succeeded", "True", false),
+            ("Failed", "True", false),
+        ] {
+            assert_eq!(is_warning(&c(t, s, "R")), warning, "{t}={s}");
+        }
+        let (n, action) = transition_notice(&c("Connected", "False", "ControlPlaneUnreachable"));
+        assert!(n.warning);
+        assert_eq!(n.reason, "ControlPlaneUnreachable");
+        assert_eq!(n.note, "Connected=False: m");
+        assert_eq!(action, "SetConnected");
     }
 }

@@ -1,12 +1,17 @@
-//! Controllers: observe → decide (pure, in `crate::flux`) → act.
+//! Controllers: observe → decide (pure) → act, on the shared reconciler [`kit`].
 
 pub mod application_instance;
 pub mod cluster;
-mod events;
+pub mod events;
+pub mod kit;
 pub mod operation;
 
+use std::sync::Arc;
+
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
+
+use crate::metrics::Metrics;
 
 /// Shared state handed to every reconcile.
 pub struct Context {
@@ -15,19 +20,32 @@ pub struct Context {
     /// Label selector limiting which ApplicationInstances and Operations are reconciled
     /// (`--reconcile-selector`); `None` reconciles all of them.
     pub selector: Option<String>,
+    pub kit: kit::Kit,
+}
+
+impl kit::HasKit for Context {
+    fn kit(&self) -> &kit::Kit {
+        &self.kit
+    }
 }
 
 impl Context {
+    /// A context with its own (unserved) metrics registry; see [`Context::with_metrics`].
     pub fn new(client: Client) -> Self {
-        let reporter = Reporter {
-            controller: "vworkspace-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let kit = kit::Kit::new(client.clone(), Arc::new(Metrics::new()));
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: kit.recorder().clone(),
             client,
             selector: None,
+            kit,
         }
+    }
+
+    /// Records reconcile metrics in `metrics` (the registry served on `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.kit = kit::Kit::new(self.client.clone(), metrics);
+        self.recorder = self.kit.recorder().clone();
+        self
     }
 
     /// Only reconcile objects matching `selector` (e.g.

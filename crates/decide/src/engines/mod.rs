@@ -3,6 +3,7 @@
 //! scope; `controller::operation` observes, calls these, and applies the results.
 
 pub mod csi_snapshot;
+pub mod engine;
 pub mod helm;
 pub mod helm_hook;
 pub mod job;
@@ -14,102 +15,149 @@ pub mod workflow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Resource, ResourceExt};
+use kube_core::{Resource, ResourceExt};
 use serde_json::Value;
 use vworkspace_api::keys;
-use vworkspace_api::operation::{Engine, Operation, OperationType};
+use vworkspace_api::operation::{Engine as EngineId, Operation, OperationType};
+
+pub use engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Select, Settings, Stop, Workload, Write,
+};
 
 /// The only ServiceAccount Job/Workflow pods may run as.
 pub const RUNNER_SERVICE_ACCOUNT: &str = "vworkspace-operation-runner";
 
-/// A runnable type/engine pair.
-#[derive(Debug, PartialEq, Eq)]
+/// A runnable type/engine pair, and the engine that runs it.
 pub struct Template {
     /// Also the RBAC profile name.
     pub name: &'static str,
     pub r#type: OperationType,
-    pub engine: Engine,
+    pub engine: EngineId,
     /// Capability annotation verb on the target (`ops.vworkspace.io/<verb>: <engine>`).
     pub verb: &'static str,
     pub approval_by_default: bool,
     /// Whether this build can run it.
     pub implemented: bool,
+    /// The engine's implementation (the registry: one per `engine`).
+    pub runner: &'static dyn Engine,
 }
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Template {}
 
 pub const TEMPLATES: &[Template] = &[
     Template {
         name: "backup.velero",
         r#type: OperationType::Backup,
-        engine: Engine::Velero,
+        engine: EngineId::Velero,
         verb: "backup",
         approval_by_default: false,
         implemented: true,
+        runner: &velero::VeleroEngine,
     },
     Template {
         name: "restore.velero",
         r#type: OperationType::Restore,
-        engine: Engine::Velero,
+        engine: EngineId::Velero,
         verb: "restore",
         approval_by_default: true,
         implemented: true,
+        runner: &velero::VeleroEngine,
     },
     Template {
         name: "runCommand.job",
         r#type: OperationType::RunCommand,
-        engine: Engine::Job,
+        engine: EngineId::Job,
         verb: "runcommand",
         approval_by_default: false,
         implemented: true,
+        runner: &job::JobEngine,
     },
     Template {
         name: "upgrade.helm",
         r#type: OperationType::Upgrade,
-        engine: Engine::Helm,
+        engine: EngineId::Helm,
         verb: "upgrade",
         approval_by_default: false,
         implemented: true,
+        runner: &helm::HelmEngine,
     },
     Template {
         name: "migration.helmHookJob",
         r#type: OperationType::Migration,
-        engine: Engine::HelmHookJob,
+        engine: EngineId::HelmHookJob,
         verb: "migration",
         approval_by_default: false,
         implemented: true,
+        runner: &helm_hook::HelmHookEngine,
     },
     Template {
         name: "runbook.workflow",
         r#type: OperationType::Runbook,
-        engine: Engine::Workflow,
+        engine: EngineId::Workflow,
         verb: "runbook",
         approval_by_default: false,
         implemented: true,
+        runner: &workflow::WorkflowEngine,
     },
     Template {
         name: "backup.volsync",
         r#type: OperationType::Backup,
-        engine: Engine::Volsync,
+        engine: EngineId::Volsync,
         // Not `backup`: a target may declare one engine per verb, and `backup` is
         // normally Velero's.
         verb: "replicate",
         approval_by_default: false,
         implemented: true,
+        runner: &volsync::VolsyncEngine,
     },
     Template {
         name: "backup.csiSnapshot",
         r#type: OperationType::Backup,
-        engine: Engine::CsiSnapshot,
+        engine: EngineId::CsiSnapshot,
         verb: "snapshot",
         approval_by_default: false,
         implemented: true,
+        runner: &csi_snapshot::CsiSnapshotEngine,
     },
 ];
 
-pub fn template(t: OperationType, e: Engine) -> Option<&'static Template> {
+pub fn template(t: OperationType, e: EngineId) -> Option<&'static Template> {
     TEMPLATES.iter().find(|x| x.r#type == t && x.engine == e)
 }
 
-pub fn engine_name(e: Engine) -> String {
+/// The implementation of engine `e`.
+pub fn engine(e: EngineId) -> Option<&'static dyn Engine> {
+    TEMPLATES.iter().find(|t| t.engine == e).map(|t| t.runner)
+}
+
+/// Every API resource the engines' workloads are made of, once each.
+pub fn workload_resources(settings: &Settings) -> Vec<(kube_core::ApiResource, Scope)> {
+    let mut out: Vec<(kube_core::ApiResource, Scope)> = Vec::new();
+    for t in TEMPLATES {
+        for (ar, scope) in t.runner.resources(settings) {
+            if !out.iter().any(|(a, s)| a == &ar && s == &scope) {
+                out.push((ar, scope));
+            }
+        }
+    }
+    out
+}
+
+pub fn engine_name(e: EngineId) -> String {
     serde_json::to_value(e)
         .ok()
         .and_then(|v| v.as_str().map(String::from))

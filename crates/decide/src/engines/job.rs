@@ -6,12 +6,18 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
-use kube::ResourceExt;
-use kube::api::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::ResourceExt;
 use serde_json::{Value, json};
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write, parse,
+};
 use super::{EngineStatus, RUNNER_SERVICE_ACCOUNT, workload_name};
+use kube_core::ApiResource;
+use kube_core::DynamicObject;
+use vworkspace_api::ApplicationInstance;
 
 pub const DEFAULT_TTL_AFTER_FINISHED: i32 = 86_400;
 
@@ -121,6 +127,61 @@ pub fn status(job: &Job) -> EngineStatus {
     }
     let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
     EngineStatus::Running(format!("Job running ({active} active pod(s))"))
+}
+
+/// `batch/v1` Job.
+pub fn job_resource() -> ApiResource {
+    ApiResource::erase::<Job>(&())
+}
+
+/// Jobs are suspended (pods end, the Job and its logs stay until the TTL) and deleted
+/// with the Operation. Shared with the `helmHookJob` engine.
+pub fn stop_job(workload: &Workload, why: Stop) -> Vec<Write> {
+    let (ns, name) = (&workload.namespace, &workload.name);
+    vec![match why {
+        Stop::Delete => Write::delete(job_resource(), ns, name),
+        Stop::Cancel | Stop::Timeout => {
+            Write::patch(job_resource(), ns, name, json!({"spec": {"suspend": true}}))
+        }
+    }]
+}
+
+/// The `job` engine.
+pub struct JobEngine;
+
+impl Engine for JobEngine {
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        vec![(job_resource(), Scope::Operations)]
+    }
+
+    fn build(&self, input: &Input<'_>, _: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let job = build(input.op, input.target_ns).map_err(BuildError::Invalid)?;
+        let name = job.name_any();
+        Ok(Build::one(
+            Write::create(&job)?,
+            "Job",
+            name,
+            input.target_ns,
+        ))
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        Query::named(job_resource(), &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        parse::<Job>(found).first().map(status)
+    }
+
+    fn stop(
+        &self,
+        _: &Operation,
+        workload: &Workload,
+        why: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        stop_job(workload, why)
+    }
 }
 
 #[cfg(test)]

@@ -12,15 +12,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::ResourceExt;
-use kube::api::{DynamicObject, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 use serde_json::{Value, json};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write, parse,
+};
 use super::{EngineStatus, owner_refs, parameters, str_param, workload_labels, workload_name};
 use crate::kinds::snapshot;
+use kube_core::ApiResource;
 
 const HELM_INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
@@ -154,6 +159,69 @@ pub fn status(snapshots: &[DynamicObject]) -> EngineStatus {
             "{ready}/{} VolumeSnapshot(s) ready",
             snapshots.len()
         ))
+    }
+}
+
+/// The Operation's snapshots, by its UID label.
+fn selector(op: &Operation) -> String {
+    format!("{}={}", keys::LABEL_OPERATION, op.uid().unwrap_or_default())
+}
+
+/// The `csiSnapshot` engine: reads the target namespace's PVCs before building.
+pub struct CsiSnapshotEngine;
+
+impl Engine for CsiSnapshotEngine {
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        vec![(snapshot::volume_snapshot(), Scope::Operations)]
+    }
+
+    fn prerequisites(&self, input: &Input<'_>) -> Vec<Query> {
+        let pvcs = ApiResource::erase::<PersistentVolumeClaim>(&());
+        vec![Query::all(pvcs, input.target_ns)]
+    }
+
+    fn build(&self, input: &Input<'_>, found: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let pvcs: Vec<PersistentVolumeClaim> = parse(found.first().map_or(&[][..], Vec::as_slice));
+        let names =
+            select_pvcs(input.op, input.target, &pvcs).map_err(BuildError::SourcePvcNotFound)?;
+        let objects = build(input.op, input.target_ns, &names);
+        let first = objects.first().map(|o| o.name_any()).unwrap_or_default();
+        let writes = objects
+            .into_iter()
+            .map(|o| Write::create_dynamic(snapshot::volume_snapshot(), o))
+            .collect();
+        Ok(Build::new(writes, "VolumeSnapshot", first, input.target_ns))
+    }
+
+    fn observe(&self, op: &Operation, workload: &Workload) -> Query {
+        Query::labelled(
+            snapshot::volume_snapshot(),
+            &workload.namespace,
+            selector(op),
+        )
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        (!found.is_empty()).then(|| status(found))
+    }
+
+    /// Deleted on cancel and deletion (a half-taken snapshot has no use), kept on
+    /// timeout so their errors can be read.
+    fn stop(
+        &self,
+        op: &Operation,
+        workload: &Workload,
+        why: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        match why {
+            Stop::Timeout => Vec::new(),
+            Stop::Cancel | Stop::Delete => vec![Write::DeleteSelected {
+                resource: snapshot::volume_snapshot(),
+                namespace: workload.namespace.clone(),
+                selector: selector(op),
+            }],
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! have no status subresource, and the operator reads `status.phase`,
 //! `status.failureReason`, `status.validationErrors`, `status.warnings`, `status.errors`.
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube_core::{ApiResource, GroupVersionKind};
 
 pub const API_VERSION: &str = "velero.io/v1";
 

@@ -116,10 +116,17 @@ pub fn verify(claim: &str, secret: &str, operation: &str, now: i64) -> Result<Cl
 
 /// Issues a claim (the control plane's side; used by tests and tools).
 pub fn issue(secret: &str, operation: &str, approver: &str, exp: i64) -> String {
-    let body = serde_json::json!({
-        "at": "2026-01-01T00:00:00Z", "by": approver, "exp": exp, "op": operation, "rid": 1, "v": 1
-    });
-    let body = URL_SAFE_NO_PAD.encode(body.to_string());
+    sign(
+        secret,
+        &serde_json::json!({
+            "at": "2026-01-01T00:00:00Z", "by": approver, "exp": exp, "op": operation, "rid": 1, "v": 1
+        }),
+    )
+}
+
+/// Signs any claim body, bindings included (tests and tools).
+pub fn sign(secret: &str, claims: &serde_json::Value) -> String {
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
     let digest = match HmacSha256::new_from_slice(secret.as_bytes()) {
         Ok(mut mac) => {
             mac.update(body.as_bytes());

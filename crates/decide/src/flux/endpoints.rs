@@ -7,7 +7,7 @@
 //! values: value keys are chart-specific and belong in the catalog's values.
 
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use vworkspace_api::application_instance::{ApplicationInstance, Endpoint, InventoryEntry};
 
 use super::{ChartSource, FluxChildren};

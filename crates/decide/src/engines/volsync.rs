@@ -8,13 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
-use kube::api::{DynamicObject, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 use serde_json::{Value, json};
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write,
+};
 use super::{EngineStatus, owner_refs, parameters, str_param, workload_labels, workload_name};
 use crate::kinds::volsync;
+use kube_core::ApiResource;
+use vworkspace_api::ApplicationInstance;
 
 /// The manual trigger value: unique per Operation.
 pub fn trigger(op: &Operation) -> String {
@@ -103,6 +109,53 @@ pub fn status(obj: &DynamicObject) -> EngineStatus {
         .and_then(|c| c.get("message").and_then(Value::as_str))
         .map(String::from);
     EngineStatus::Running(syncing.unwrap_or_else(|| "waiting for VolSync".into()))
+}
+
+/// The `volsync` engine: stopping pauses the ReplicationSource; deletion deletes it.
+pub struct VolsyncEngine;
+
+impl Engine for VolsyncEngine {
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        vec![(volsync::replication_source(), Scope::Operations)]
+    }
+
+    fn build(&self, input: &Input<'_>, _: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let obj = build(input.op, input.target_ns).map_err(BuildError::Invalid)?;
+        let name = obj.name_any();
+        let write = Write::create_dynamic(volsync::replication_source(), obj);
+        Ok(Build::one(
+            write,
+            "ReplicationSource",
+            name,
+            input.target_ns,
+        ))
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        let ar = volsync::replication_source();
+        Query::named(ar, &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        found.first().map(status)
+    }
+
+    fn stop(
+        &self,
+        _: &Operation,
+        workload: &Workload,
+        why: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        let ar = volsync::replication_source();
+        let (ns, name) = (&workload.namespace, &workload.name);
+        vec![match why {
+            Stop::Delete => Write::delete(ar, ns, name),
+            Stop::Cancel | Stop::Timeout => {
+                Write::patch(ar, ns, name, json!({"spec": {"paused": true}}))
+            }
+        }]
+    }
 }
 
 #[cfg(test)]

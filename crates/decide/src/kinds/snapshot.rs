@@ -5,7 +5,7 @@
 //! and `spec.volumeSnapshotClassName`, and reads `status.readyToUse`, `status.error`,
 //! `status.restoreSize` and `status.boundVolumeSnapshotContentName`.
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube_core::{ApiResource, GroupVersionKind};
 
 pub const API_VERSION: &str = "snapshot.storage.k8s.io/v1";
 

@@ -11,9 +11,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube_core::{Resource, ResourceExt};
 use vworkspace_api::application_instance::{ApplicationInstance, SourceType, ValuesSource};
 use vworkspace_api::keys;
 use vworkspace_api::validation::validate_application_instance;

@@ -7,12 +7,16 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
-use kube::api::{ApiResource, DynamicObject};
+use kube_core::ResourceExt;
+use kube_core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use vworkspace_api::operation::{Operation, OperationType};
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write,
+};
 use super::{EngineStatus, workload_name};
+use vworkspace_api::ApplicationInstance;
 
 pub fn api_resource(kind: &str) -> ApiResource {
     crate::kinds::velero::api_resource(kind)
@@ -147,6 +151,50 @@ pub fn status(obj: &DynamicObject) -> EngineStatus {
         }
         "" => EngineStatus::Running(format!("Velero {kind} not picked up yet")),
         other => EngineStatus::Running(format!("Velero {kind} {other}")),
+    }
+}
+
+/// The `velero` engine. Velero has no pause: stopping deletes its object.
+pub struct VeleroEngine;
+
+impl Engine for VeleroEngine {
+    fn resources(&self, settings: &Settings) -> Vec<(ApiResource, Scope)> {
+        ["Backup", "Restore"]
+            .into_iter()
+            .map(|k| {
+                let scope = Scope::Namespace(settings.velero_namespace.clone());
+                (api_resource(k), scope)
+            })
+            .collect()
+    }
+
+    fn build(&self, input: &Input<'_>, _: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let velero_ns = &input.settings.velero_namespace;
+        let obj = build(input.op, input.target_ns, velero_ns).map_err(BuildError::Invalid)?;
+        let kind = kind_for(input.op.spec.r#type).unwrap_or("Backup");
+        let name = obj.name_any();
+        let write = Write::create_dynamic(api_resource(kind), obj);
+        Ok(Build::one(write, kind, name, velero_ns))
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        let ar = api_resource(&workload.kind);
+        Query::named(ar, &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        found.first().map(status)
+    }
+
+    fn stop(
+        &self,
+        _: &Operation,
+        workload: &Workload,
+        _: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        let ar = api_resource(&workload.kind);
+        vec![Write::delete(ar, &workload.namespace, &workload.name)]
     }
 }
 

@@ -7,16 +7,22 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
-use kube::api::{DynamicObject, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 use serde_json::{Value, json};
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write,
+};
 use super::{
     EngineStatus, RUNNER_SERVICE_ACCOUNT, owner_refs, parameters, str_param, workload_labels,
     workload_name,
 };
 use crate::kinds::argo;
+use kube_core::ApiResource;
+use vworkspace_api::ApplicationInstance;
 
 pub const DEFAULT_TTL_AFTER_FINISHED: i64 = 86_400;
 
@@ -139,6 +145,67 @@ pub fn status(obj: &DynamicObject) -> EngineStatus {
         }
         "" => EngineStatus::Running("Workflow not picked up by Argo yet".into()),
         other => EngineStatus::Running(format!("Workflow {other}")),
+    }
+}
+
+/// The `workflow` engine: a namespaced template that does not exist yet may still be
+/// installed, so the Operation waits for it. Stopping terminates the Workflow
+/// (`spec.shutdown`); deletion deletes it.
+pub struct WorkflowEngine;
+
+impl Engine for WorkflowEngine {
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        vec![(argo::workflow(), Scope::Operations)]
+    }
+
+    fn prerequisites(&self, input: &Input<'_>) -> Vec<Query> {
+        if cluster_scope(input.op) {
+            return Vec::new();
+        }
+        let template = template_name(input.op).unwrap_or_default();
+        vec![Query::named(
+            argo::workflow_template(),
+            input.target_ns,
+            &template,
+        )]
+    }
+
+    fn build(&self, input: &Input<'_>, found: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let obj = build(input.op, input.target_ns).map_err(BuildError::Invalid)?;
+        if !cluster_scope(input.op) && found.first().is_none_or(Vec::is_empty) {
+            let template = template_name(input.op).unwrap_or_default();
+            return Err(BuildError::Missing(format!(
+                "WorkflowTemplate {}/{template} not found (spec.parameters.workflowTemplate)",
+                input.target_ns
+            )));
+        }
+        let name = obj.name_any();
+        let write = Write::create_dynamic(argo::workflow(), obj);
+        Ok(Build::one(write, "Workflow", name, input.target_ns))
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        Query::named(argo::workflow(), &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        found.first().map(status)
+    }
+
+    fn stop(
+        &self,
+        _: &Operation,
+        workload: &Workload,
+        why: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        let (ar, ns, name) = (argo::workflow(), &workload.namespace, &workload.name);
+        vec![match why {
+            Stop::Delete => Write::delete(ar, ns, name),
+            Stop::Cancel | Stop::Timeout => {
+                Write::patch(ar, ns, name, json!({"spec": {"shutdown": "Terminate"}}))
+            }
+        }]
     }
 }
 

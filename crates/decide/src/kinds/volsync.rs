@@ -4,7 +4,7 @@
 //! `spec.restic` and `spec.paused`, and reads `status.lastManualSync`,
 //! `status.lastSyncTime`, `status.latestMoverStatus` and `status.conditions`.
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube_core::{ApiResource, GroupVersionKind};
 
 pub const API_VERSION: &str = "volsync.backube/v1alpha1";
 

@@ -19,7 +19,13 @@ use vworkspace_api::application_instance::ValuesSource;
 use vworkspace_api::conditions::{FALSE, TRUE, find};
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write, parse,
+};
 use super::{EngineStatus, parameters, str_param};
+use kube_core::ApiResource;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 
 pub const KEY_PREVIOUS_VERSION: &str = "previousVersion";
 pub const KEY_TARGET_VERSION: &str = "targetVersion";
@@ -167,6 +173,94 @@ pub fn revert(target: &ApplicationInstance, started: &BTreeMap<String, String>) 
 /// Drops the bookkeeping keys from terminal outputs.
 pub fn public_outputs(outputs: &mut BTreeMap<String, String>) {
     outputs.retain(|k, _| !k.starts_with('_'));
+}
+
+/// `apps.vworkspace.io/v1alpha1` ApplicationInstance.
+fn instance_resource() -> ApiResource {
+    ApiResource::erase::<ApplicationInstance>(&())
+}
+
+/// The `helm` engine: its "workload" is the target instance itself.
+pub struct HelmEngine;
+
+impl Engine for HelmEngine {
+    /// None of its own: the Operation controller watches the targets anyway.
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        Vec::new()
+    }
+
+    fn build(&self, input: &Input<'_>, _: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let plan = plan(input.op, input.target).map_err(BuildError::Invalid)?;
+        let (ns, name) = (
+            input.target.namespace().unwrap_or_default(),
+            input.target.name_any(),
+        );
+        let write = Write::patch(instance_resource(), &ns, &name, plan.patch.clone());
+        let mut out = Build::one(write, "ApplicationInstance", name, &ns);
+        out.outputs = Some(start_outputs(&plan, None));
+        Ok(out)
+    }
+
+    /// Records the generation the patch produced: done is judged against it.
+    fn started(
+        &self,
+        build: &Build,
+        written: &[DynamicObject],
+    ) -> Option<BTreeMap<String, String>> {
+        let mut outputs = build.outputs.clone()?;
+        let generation = written.first().and_then(|o| o.metadata.generation);
+        outputs.insert(
+            KEY_GENERATION.into(),
+            generation.unwrap_or_default().to_string(),
+        );
+        Some(outputs)
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        Query::named(instance_resource(), &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, op: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        let recorded = op
+            .status
+            .as_ref()
+            .and_then(|s| s.outputs.clone())
+            .unwrap_or_default();
+        parse::<ApplicationInstance>(found)
+            .first()
+            .map(|t| status(t, &recorded))
+    }
+
+    /// Cancel and timeout revert the change if the instance still holds what the
+    /// Operation wrote; deletion leaves the instance alone.
+    fn stop(
+        &self,
+        op: &Operation,
+        workload: &Workload,
+        why: Stop,
+        target: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        if why == Stop::Delete {
+            return Vec::new();
+        }
+        let recorded = op
+            .status
+            .as_ref()
+            .and_then(|s| s.outputs.clone())
+            .unwrap_or_default();
+        target
+            .and_then(|t| revert(t, &recorded))
+            .map(|patch| {
+                Write::patch(
+                    instance_resource(),
+                    &workload.namespace,
+                    &workload.name,
+                    patch,
+                )
+            })
+            .into_iter()
+            .collect()
+    }
 }
 
 #[cfg(test)]

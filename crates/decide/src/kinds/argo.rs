@@ -5,7 +5,7 @@
 //! `activeDeadlineSeconds`, `shutdown`) and reads `status.phase`, `status.message` and
 //! `status.outputs.parameters`.
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube_core::{ApiResource, GroupVersionKind};
 
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 

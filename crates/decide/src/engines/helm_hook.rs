@@ -16,14 +16,20 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
-use kube::api::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::ResourceExt;
 use serde_json::Value;
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
 use vworkspace_api::operation::Operation;
 
+use super::engine::{
+    Build, BuildError, Engine, Input, Query, Scope, Settings, Stop, Workload, Write, parse,
+};
+use super::job::{job_resource, stop_job};
 use super::{EngineStatus, owner_refs, parameters, str_param, workload_labels, workload_name};
+use kube_core::ApiResource;
+use kube_core::DynamicObject;
 
 pub const DEFAULT_TTL_AFTER_FINISHED: i32 = 86_400;
 const SECRET_PREFIX: &str = "sh.helm.release.v1.";
@@ -263,6 +269,90 @@ pub fn status(job: &Job) -> EngineStatus {
             outputs,
         },
         running => running,
+    }
+}
+
+/// The `helmHookJob` engine.
+pub struct HelmHookEngine;
+
+impl Engine for HelmHookEngine {
+    fn resources(&self, _: &Settings) -> Vec<(ApiResource, Scope)> {
+        vec![(job_resource(), Scope::Operations)]
+    }
+
+    /// The release's storage Secrets (Helm labels them `owner=helm,name=<release>`).
+    fn prerequisites(&self, input: &Input<'_>) -> Vec<Query> {
+        release_name(input.target)
+            .map(|release| {
+                Query::labelled(
+                    ApiResource::erase::<Secret>(&()),
+                    input.target_ns,
+                    format!("owner=helm,name={release}"),
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn build(&self, input: &Input<'_>, found: &[Vec<DynamicObject>]) -> Result<Build, BuildError> {
+        let (op, target, target_ns) = (input.op, input.target, input.target_ns);
+        let Some(release) = release_name(target) else {
+            return Err(BuildError::HookRequiresRelease(format!(
+                "ApplicationInstance {:?} has no Helm release (placeholder): no hook to run",
+                target.name_any()
+            )));
+        };
+        let secrets: Vec<Secret> = parse(found.first().map_or(&[][..], Vec::as_slice));
+        let Some(secret) = pick_release_secret(&secrets, &release) else {
+            return Err(BuildError::HookNotFound(format!(
+                "no Helm release storage Secret {SECRET_PREFIX}{release}.v<N> in namespace {target_ns}"
+            )));
+        };
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("release"))
+            .map(|b| b.0.clone())
+            .unwrap_or_default();
+        let hook_name = str_param(&parameters(op), "hookName").unwrap_or_default();
+        let (hook, events) = decode_release(&data)
+            .map_err(HookError::Unreadable)
+            .and_then(|rel| find_hook(&rel, &hook_name))
+            .map_err(|e| {
+                let message = format!("{}: {}", secret.name_any(), e.message());
+                match e {
+                    HookError::NoRelease(_) => BuildError::HookRequiresRelease(message),
+                    HookError::NotFound(_) | HookError::Unreadable(_) => {
+                        BuildError::HookNotFound(message)
+                    }
+                }
+            })?;
+        let job = build(op, target_ns, &hook);
+        let mut out = Build::one(Write::create(&job)?, "Job", job.name_any(), target_ns);
+        out.outputs = Some(BTreeMap::from([
+            ("hookName".to_string(), hook_name),
+            ("hookEvents".to_string(), events.join(",")),
+            ("releaseSecret".to_string(), secret.name_any()),
+        ]));
+        Ok(out)
+    }
+
+    fn observe(&self, _: &Operation, workload: &Workload) -> Query {
+        Query::named(job_resource(), &workload.namespace, &workload.name)
+    }
+
+    fn status(&self, _: &Operation, found: &[DynamicObject]) -> Option<EngineStatus> {
+        parse::<Job>(found).first().map(status)
+    }
+
+    fn stop(
+        &self,
+        _: &Operation,
+        workload: &Workload,
+        why: Stop,
+        _: Option<&ApplicationInstance>,
+    ) -> Vec<Write> {
+        stop_job(workload, why)
     }
 }
 
