@@ -124,6 +124,8 @@ async fn server() -> (S, String) {
 struct Running {
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    client: kube::Client,
+    ns: String,
 }
 
 impl Drop for Running {
@@ -155,11 +157,16 @@ async fn start_agent(prefix: &str, url: &str) -> Running {
         floor: Duration::from_millis(50),
     };
     let metrics = Arc::new(Metrics::new());
-    let agent = Agent::new(client, config, metrics.clone()).unwrap();
+    let agent = Agent::new(client.clone(), config, metrics.clone()).unwrap();
     agent.store().load().await.unwrap().unwrap();
     let cancel = CancellationToken::new();
     tokio::spawn(Poller::new(agent).run(cancel.clone()));
-    Running { metrics, cancel }
+    Running {
+        metrics,
+        cancel,
+        client,
+        ns,
+    }
 }
 
 /// A job that runs and succeeds at once: deleting an ApplicationInstance that does not
@@ -296,14 +303,32 @@ async fn failed_ack_without_redelivery_is_still_answered() {
             format!(r#"{{"jobs":[{}]}}"#, delete_job("once", &tenant)).into_bytes(),
         ));
     }
-    let _agent = start_agent("rel-ack", &url).await;
+    let agent = start_agent("rel-ack", &url).await;
     let r = eventually("result of once", WAIT, || results_of(&s, "once")).await;
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].outcome, "succeeded", "{r:?}");
-    let p = s.lock().unwrap();
+    {
+        let p = s.lock().unwrap();
+        assert!(
+            p.acks.iter().filter(|a| *a == "once").count() >= 3,
+            "{:?}",
+            p.acks
+        );
+    }
+    // Item 5: what the agent writes names its field manager (not "unknown").
+    let journal: Secret = Api::namespaced(agent.client.clone(), &agent.ns)
+        .get("vworkspace-agent-inflight")
+        .await
+        .unwrap();
+    let managers: Vec<String> = journal
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
     assert!(
-        p.acks.iter().filter(|a| *a == "once").count() >= 3,
-        "{:?}",
-        p.acks
+        !managers.is_empty() && managers.iter().all(|m| m == "vworkspace-agent"),
+        "{managers:?}"
     );
 }

@@ -46,6 +46,16 @@ use reporter::Reporter;
 use scope::ScopePolicy;
 use signing::SigningMode;
 
+/// Create/replace parameters of everything the agent writes itself (journal,
+/// idempotency store, namespaces): its own field manager, so `managedFields` say who
+/// wrote what instead of `unknown`.
+pub(crate) fn write_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(vworkspace_api::keys::FIELD_MANAGER_AGENT.into()),
+        ..kube::api::PostParams::default()
+    }
+}
+
 /// Agent settings. [`AgentConfig::new`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
