@@ -17,15 +17,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use mock_control_plane::{Fault, MockConfig, MockServer};
 use serde_json::json;
 use testkit::fixtures::{TestNamespace, eventually, test_namespace};
 use tokio_util::sync::CancellationToken;
 use vworkspace_operator::agent::backoff::BackoffConfig;
+use vworkspace_operator::agent::credentials::AuthState;
 use vworkspace_operator::agent::poller::Poller;
 use vworkspace_operator::agent::{Agent, AgentConfig};
 use vworkspace_operator::metrics::Metrics;
-use vworkspace_protocol::JobResult;
+use vworkspace_protocol::{Job, JobResult};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -126,6 +128,7 @@ struct Running {
     cancel: CancellationToken,
     client: kube::Client,
     ns: String,
+    agent: Agent,
 }
 
 impl Drop for Running {
@@ -135,6 +138,10 @@ impl Drop for Running {
 }
 
 async fn start_agent(prefix: &str, url: &str) -> Running {
+    start_agent_with_token(prefix, url, "t-rel").await
+}
+
+async fn start_agent_with_token(prefix: &str, url: &str, token: &str) -> Running {
     let TestNamespace { client, ns, .. } = test_namespace(prefix).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     secrets
@@ -143,7 +150,7 @@ async fn start_agent(prefix: &str, url: &str) -> Running {
             &serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "vworkspace-agent-credentials"},
-                "stringData": {"control-plane-base-url": url, "cluster-id": "c-rel", "token": "t-rel"}
+                "stringData": {"control-plane-base-url": url, "cluster-id": "c-rel", "token": token}
             }))
             .unwrap(),
         )
@@ -155,17 +162,19 @@ async fn start_agent(prefix: &str, url: &str) -> Running {
         first: Duration::from_millis(100),
         cap: Duration::from_millis(500),
         floor: Duration::from_millis(50),
+        max_retry_after: Duration::from_secs(2),
     };
     let metrics = Arc::new(Metrics::new());
     let agent = Agent::new(client.clone(), config, metrics.clone()).unwrap();
     agent.store().load().await.unwrap().unwrap();
     let cancel = CancellationToken::new();
-    tokio::spawn(Poller::new(agent).run(cancel.clone()));
+    tokio::spawn(Poller::new(agent.clone()).run(cancel.clone()));
     Running {
         metrics,
         cancel,
         client,
         ns,
+        agent,
     }
 }
 
@@ -330,5 +339,137 @@ async fn failed_ack_without_redelivery_is_still_answered() {
     assert!(
         !managers.is_empty() && managers.iter().all(|m| m == "vworkspace-agent"),
         "{managers:?}"
+    );
+}
+
+/// Writes `token` into the agent's credentials Secret and loads it, as the runtime does
+/// on its tick after a rotation or a hand edit.
+async fn set_token(r: &Running, token: &str) {
+    let secrets: Api<Secret> = Api::namespaced(r.client.clone(), &r.ns);
+    secrets
+        .patch(
+            "vworkspace-agent-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": token}})),
+        )
+        .await
+        .unwrap();
+    r.agent.store().load().await.unwrap().unwrap();
+}
+
+/// The agent against a control plane as lenient as the original Go server: `403` on a
+/// bad poll token, no job registry, no redelivery, no rotation grace.
+#[tokio::test]
+async fn compatible_with_a_lenient_control_plane() {
+    let mock = MockServer::start(
+        MockConfig {
+            registration_token: String::new(),
+            cluster_id: "c-rel".into(),
+            bootstrap_token: Some("good-token".into()),
+            admin_token: Some("adm".into()),
+            ..MockConfig::default()
+        }
+        .lenient(),
+    )
+    .await
+    .unwrap();
+    let admin = mock.admin();
+    let tenant = format!("rel-compat-tenant-{}", std::process::id());
+    let job = |id: &str| serde_json::from_str::<Job>(&delete_job(id, &tenant)).unwrap();
+
+    // A bad token: 403, the agent stops polling until the Secret changes.
+    let r = start_agent_with_token("rel-compat", &mock.url(), "bad-token").await;
+    eventually("the 403 rejection", WAIT, || async {
+        matches!(
+            r.agent.store().auth_state(),
+            AuthState::Rejected { status: 403, .. }
+        )
+        .then_some(())
+    })
+    .await;
+    let polls = admin.request_count("jobs").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        admin.request_count("jobs").await.unwrap(),
+        polls,
+        "polling stopped"
+    );
+
+    // The right token: jobs are answered, each handed out once.
+    admin.enqueue("c-rel", &job("c1")).await.unwrap();
+    set_token(&r, "good-token").await;
+    let res = admin.wait_for_result("c1", WAIT).await.unwrap();
+    assert_eq!(res.outcome, "succeeded", "{res:?}");
+
+    // A failed ack is retried: the server never hands the job out again.
+    admin
+        .inject_fault(Fault::status("ack", 503, 2))
+        .await
+        .unwrap();
+    admin.enqueue("c-rel", &job("c2")).await.unwrap();
+    let res = admin.wait_for_result("c2", WAIT).await.unwrap();
+    assert_eq!(res.outcome, "succeeded", "{res:?}");
+    assert_eq!(admin.job("c2").await.unwrap().unwrap().deliveries, 1);
+
+    // Rotation without grace: the old token dies at once; the new one carries on.
+    let new = r.agent.client().rotate().await.unwrap();
+    set_token(&r, new.expose()).await;
+    admin.enqueue("c-rel", &job("c3")).await.unwrap();
+    let res = admin.wait_for_result("c3", WAIT).await.unwrap();
+    assert_eq!(res.outcome, "succeeded", "{res:?}");
+    for id in ["c1", "c2", "c3"] {
+        let j = admin.job(id).await.unwrap().unwrap();
+        assert_eq!((j.deliveries, j.result_posts), (1, 1), "{id}");
+    }
+}
+
+/// Item 3: a `429` with `Retry-After: 999999` pauses job polling only up to the cap
+/// (2 s in this configuration, 300 s by default), and the pause is visible.
+#[tokio::test]
+async fn retry_after_is_capped_and_visible() {
+    let mock = MockServer::start(MockConfig {
+        registration_token: String::new(),
+        cluster_id: "c-rel".into(),
+        bootstrap_token: Some("t-rel".into()),
+        admin_token: Some("adm".into()),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = mock.admin();
+    admin
+        .inject_fault(Fault {
+            retry_after: Some("999999".into()),
+            ..Fault::status("jobs", 429, 1)
+        })
+        .await
+        .unwrap();
+    let r = start_agent("rel-429", &mock.url()).await;
+    eventually("the throttle shown", WAIT, || async {
+        let until = r
+            .agent
+            .client()
+            .connectivity()
+            .throttled_until(jiff::Timestamp::now());
+        let gauge = metric(&r.metrics, "vworkspace_operator_poll_throttled_seconds");
+        (until.is_some() && gauge == 2.0).then_some(())
+    })
+    .await;
+    let tenant = format!("rel-429-tenant-{}", std::process::id());
+    admin
+        .enqueue(
+            "c-rel",
+            &serde_json::from_str::<Job>(&delete_job("after-429", &tenant)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let res = admin
+        .wait_for_result("after-429", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(res.outcome, "succeeded", "{res:?}");
+    assert_eq!(
+        metric(&r.metrics, "vworkspace_operator_poll_throttled_seconds"),
+        0.0
     );
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Longest pause a `Retry-After` can impose (docs/agent.md): a larger value, or a date
+/// Default longest pause a `Retry-After` can impose (docs/agent.md): a larger value, or a date
 /// further ahead, waits this long and then tries again. Five minutes is the disconnect
 /// window, so a throttled agent never goes quiet for longer than an outage would take
 /// to be reported.
@@ -16,6 +16,8 @@ pub struct BackoffConfig {
     pub first: Duration,
     pub cap: Duration,
     pub floor: Duration,
+    /// Ceiling of a `Retry-After` pause. Default [`MAX_RETRY_AFTER`].
+    pub max_retry_after: Duration,
 }
 
 impl Default for BackoffConfig {
@@ -24,6 +26,7 @@ impl Default for BackoffConfig {
             first: Duration::from_secs(2),
             cap: Duration::from_secs(60),
             floor: Duration::from_secs(1),
+            max_retry_after: MAX_RETRY_AFTER,
         }
     }
 }
@@ -65,7 +68,7 @@ impl Backoff {
     pub fn next_delay_after(&mut self, retry_after: Option<Duration>) -> Duration {
         let d = self.next_delay();
         match retry_after {
-            Some(r) => r.min(MAX_RETRY_AFTER).max(self.config.floor),
+            Some(r) => r.min(self.config.max_retry_after).max(self.config.floor),
             None => d,
         }
     }

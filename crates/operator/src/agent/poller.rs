@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Agent;
 use super::applier::{Applied, ApplyError, Readiness, split_api_version};
-use super::backoff::{Backoff, MAX_RETRY_AFTER};
+use super::backoff::Backoff;
 use super::client::{ClientError, Delivery};
 use super::readiness::{Verdict, evaluate};
 use super::signing;
@@ -180,7 +180,7 @@ impl Poller {
                         agent.client().throttled(delay);
                         if retry_after.is_some_and(|r| r > delay) {
                             tracing::warn!(
-                                cap_seconds = MAX_RETRY_AFTER.as_secs(),
+                                cap_seconds = agent.config().backoff.max_retry_after.as_secs(),
                                 "Retry-After beyond the agent's cap; polling again after the cap"
                             );
                         }
