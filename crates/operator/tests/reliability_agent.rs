@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use mock_control_plane::{Fault, MockConfig, MockServer};
 use serde_json::json;
-use testkit::fixtures::{TestNamespace, eventually, test_namespace};
+use testkit::fixtures::{TestNamespace, eventually, eventually_or_report, test_namespace};
 use tokio_util::sync::CancellationToken;
 use vworkspace_operator::agent::backoff::BackoffConfig;
 use vworkspace_operator::agent::credentials::AuthState;
@@ -471,5 +471,105 @@ async fn retry_after_is_capped_and_visible() {
     assert_eq!(
         metric(&r.metrics, "vworkspace_operator_poll_throttled_seconds"),
         0.0
+    );
+}
+
+/// Soak: batches mixing good jobs with every kind of malformed one, a failing ack now and
+/// then, on a server that never redelivers. Every good job is answered once, every
+/// malformed job with an id is answered `failed` once, the others are counted. Short by
+/// default; `RELIABILITY_LONG=1` runs 100 batches. Prints the figures for
+/// docs/reliability.md.
+#[tokio::test]
+async fn mixed_batches_lose_nothing() {
+    let batches: usize = if std::env::var_os("RELIABILITY_LONG").is_some() {
+        100
+    } else {
+        10
+    };
+    let (s, url) = server().await;
+    let tenant = format!("rel-soak-tenant-{}", std::process::id());
+    let (mut good, mut bad_with_id, mut bad_without_id) = (Vec::new(), Vec::new(), 0usize);
+    {
+        let mut p = s.lock().unwrap();
+        p.failing_acks = 0;
+        for b in 0..batches {
+            let mut body = b"{\"jobs\":[".to_vec();
+            for j in 0..5 {
+                let id = format!("g-{b}-{j}");
+                body.extend_from_slice(delete_job(&id, &tenant).as_bytes());
+                body.push(b',');
+                good.push(id);
+            }
+            let bad_id = format!("b-{b}");
+            match b % 4 {
+                0 => body.extend_from_slice(
+                    format!(
+                        r#"{{"id":"{bad_id}","kind":"apply","payload":{}1{}}}"#,
+                        "[".repeat(5000),
+                        "]".repeat(5000)
+                    )
+                    .as_bytes(),
+                ),
+                1 => {
+                    body.extend_from_slice(
+                        format!(r#"{{"id":"{bad_id}","kind":"apply","payload":{{"x":""#).as_bytes(),
+                    );
+                    body.extend_from_slice(&[0xc3, 0x28]);
+                    body.extend_from_slice(b"\"}}");
+                }
+                2 => body.extend_from_slice(
+                    format!(r#"{{"id":"{bad_id}","kind":42,"payload":{{}}}}"#).as_bytes(),
+                ),
+                _ => {
+                    body.extend_from_slice(format!(r#"{{"id":{b},"kind":"apply"}}"#).as_bytes());
+                    bad_without_id += 1;
+                }
+            }
+            if b % 4 != 3 {
+                bad_with_id.push(bad_id);
+            }
+            body.extend_from_slice(b"]}");
+            p.answers.push_back(Answer::Body(body));
+        }
+    }
+    let r = start_agent("rel-soak", &url).await;
+    // Every fifth ack fails once more while the batches are worked through.
+    let s2 = s.clone();
+    let flaky = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            s2.lock().unwrap().failing_acks = 1;
+        }
+    });
+    let expected = good.len() + bad_with_id.len();
+    eventually_or_report(
+        "every answerable job answered",
+        Duration::from_secs(if batches > 10 { 600 } else { 120 }),
+        || async { (s.lock().unwrap().results.len() >= expected).then_some(()) },
+        || async {
+            let p = s.lock().unwrap();
+            eprintln!("answered {} of {expected}", p.results.len());
+        },
+    )
+    .await;
+    flaky.abort();
+    let p = s.lock().unwrap();
+    let twice: Vec<_> = p.results.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(twice.is_empty(), "answered more than once: {twice:?}");
+    for id in &good {
+        assert_eq!(p.results[id][0].outcome, "succeeded", "{id}");
+    }
+    for id in &bad_with_id {
+        assert_eq!(p.results[id][0].outcome, "failed", "{id}");
+    }
+    let counted = metric(&r.metrics, "vworkspace_operator_malformed_jobs_total") as usize;
+    assert_eq!(counted, bad_without_id);
+    let failed_acks = p.acks.len() - expected;
+    eprintln!(
+        "FIGURES soak: batches={batches} good={} malformed_with_id={} malformed_without_id={bad_without_id} \
+         answered={} counted={counted} failed_acks_retried={failed_acks} lost=0",
+        good.len(),
+        bad_with_id.len(),
+        p.results.len()
     );
 }
