@@ -272,16 +272,22 @@ fn peak_rss_kib() -> u64 {
 async fn oversized_job_is_answered_with_the_limit() {
     let (s, url) = server().await;
     let tenant = format!("rel-big-tenant-{}", std::process::id());
-    s.lock().unwrap().answers.push_back(Answer::Stream {
+    let huge = Answer::Stream {
         prefix: format!(
             r#"{{"jobs":[{},{{"id":"huge","kind":"apply","idempotencyKey":"k-huge","payload":{{"blob":""#,
             delete_job("before-huge", &tenant)
         ),
         len: 50 * 1024 * 1024,
         suffix: r#""}}]}"#.into(),
-    });
-    let before = peak_rss_kib();
+    };
     let _agent = start_agent("rel-big", &url).await;
+    // The baseline once the agent is set up and polling.
+    eventually("two polls", WAIT, || async {
+        (s.lock().unwrap().polls >= 2).then_some(())
+    })
+    .await;
+    let before = peak_rss_kib();
+    s.lock().unwrap().answers.push_back(huge);
     let r = eventually("result of before-huge", WAIT, || {
         results_of(&s, "before-huge")
     })
