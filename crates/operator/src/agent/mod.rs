@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod poller;
 pub mod readiness;
+pub mod relist;
 pub mod reporter;
 pub mod runtime;
 pub mod scope;

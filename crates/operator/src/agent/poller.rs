@@ -507,7 +507,7 @@ async fn wait_ready(
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &r.kind));
     let api: Api<DynamicObject> = Api::namespaced_with(a.kube().clone(), &r.namespace, &ar);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
-    let mut stream = watcher(api, cfg).boxed();
+    let mut stream = super::relist::relisting(api, cfg).boxed();
     let deadline = tokio::time::sleep(a.config().ready_timeout);
     tokio::pin!(deadline);
     let mut last: Option<Verdict> = None;
