@@ -1,13 +1,13 @@
 //! A watcher that re-lists when the API server has lost its resource version.
 //!
-//! kube-runtime's `watcher` (4.2) re-lists on a `410 Gone` that arrives as an event inside
-//! an open watch, but not on a `410` answered to the watch request itself — which is
-//! what a restarted kube-apiserver sends for a resource version older than its new watch
-//! cache ("too old resource version … Expired"): kube-client does not check the HTTP
-//! status of a watch request, so the `410` body surfaces as a failed stream item
-//! (`WatchFailed`), after which the watcher keeps its listed state and watches again
-//! from the same stale version for ever, with or without backoff. [`relisting`] drops
-//! such a watcher and starts a fresh one, which lists first.
+//! kube-runtime's `watcher` (4.2) re-lists on a `410 Gone` that arrives as an `ERROR`
+//! event inside an open watch — what kube-apiserver 1.36 sends after a restart with
+//! compacted history (tests/reliability_apiserver.rs) — but not on a `410` answered as
+//! the HTTP status of the watch request (a `Status` body, as aggregated API servers and
+//! proxies may send): kube-client does not check the status of a watch request, so the
+//! body surfaces as a failed stream item (`WatchFailed`), the watcher keeps its listed
+//! state and watches again from the same stale version for ever, backoff or not.
+//! [`relisting`] drops such a watcher and starts a fresh one, which lists first.
 
 use std::fmt::Debug;
 

@@ -1,0 +1,197 @@
+//! Watches across a kube-apiserver restart (issue 11 item 4): the apiserver of the test
+//! control plane is killed (SIGKILL), etcd moves on and compacts its history past the
+//! watches' resource version while it is down, the apiserver is started again with the
+//! same arguments, and an object created afterwards must reach kube's plain watcher and
+//! the agent's `relisting` one. Alone in its binary: it restarts the shared apiserver.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use testkit::fixtures::{TestNamespace, eventually, test_namespace};
+use vworkspace_operator::agent::relist::relisting;
+
+/// The kube-apiserver child of this test process: pid and command line.
+fn apiserver() -> (i32, Vec<String>) {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("");
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if ppid == me && args.first().is_some_and(|a| a.ends_with("kube-apiserver")) {
+            return (pid.parse().unwrap(), args);
+        }
+    }
+    panic!("no kube-apiserver child");
+}
+
+fn names(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn watches_see_objects_created_after_an_apiserver_restart() {
+    let TestNamespace { cp, client, ns } = test_namespace("rel-apiserver").await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    };
+    let (raw_seen, relist_seen) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    for (seen, relist) in [(raw_seen.clone(), false), (relist_seen.clone(), true)] {
+        let (api, errors) = (api.clone(), errors.clone());
+        tokio::spawn(async move {
+            use kube::runtime::WatchStreamExt;
+            let mut s = if relist {
+                relisting(api, watcher::Config::default()).boxed()
+            } else {
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .boxed()
+            };
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        seen.lock().unwrap().push(o.name_any())
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {e:?}", if relist { "relist" } else { "raw" })),
+                }
+            }
+        });
+    }
+    api.create(&PostParams::default(), &cm("before"))
+        .await
+        .unwrap();
+    eventually(
+        "both watches see 'before'",
+        Duration::from_secs(30),
+        || async {
+            (names(&raw_seen).contains(&"before".into())
+                && names(&relist_seen).contains(&"before".into()))
+            .then_some(())
+        },
+    )
+    .await;
+    // Move the resource version on, so the watches' version is well inside history.
+    let other = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    for i in 0..20 {
+        other
+            .create(&PostParams::default(), &cm(&format!("churn-{i}")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (pid, args) = apiserver();
+    let log = std::fs::File::create(cp.dir.join("apiserver-restarted.log")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While it is down, etcd moves on and compacts its history past the watches'
+    // resource version (the apiserver compacts every 5 minutes on its own).
+    let etcd = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--etcd-servers="))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let mut revision = 0i64;
+    for i in 0..5 {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let r: serde_json::Value = http
+            .post(format!("{etcd}/v3/kv/put"))
+            .json(&json!({"key": b64("/w11-scratch"), "value": b64(&i.to_string())}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        revision = r["header"]["revision"].as_str().unwrap().parse().unwrap();
+    }
+    let c = http
+        .post(format!("{etcd}/v3/kv/compaction"))
+        .json(&json!({"revision": revision.to_string(), "physical": true}))
+        .send()
+        .await
+        .unwrap();
+    eprintln!("compacted at {revision}: {}", c.status());
+    let _apiserver = Restarted(
+        std::process::Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the apiserver back", Duration::from_secs(120), || async {
+        api.list(&ListParams::default().limit(1))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    api.create(&PostParams::default(), &cm("after"))
+        .await
+        .unwrap();
+    eventually(
+        "both watches see 'after'",
+        Duration::from_secs(60),
+        || async {
+            (names(&raw_seen).contains(&"after".into())
+                && names(&relist_seen).contains(&"after".into()))
+            .then_some(())
+        },
+    )
+    .await;
+    // What the watches went through (for docs/reliability.md).
+    for e in errors.lock().unwrap().iter() {
+        eprintln!("watch error: {}", &e[..e.len().min(300)]);
+    }
+}
+
+/// The apiserver this test started; killed with the test (the testkit only knows the
+/// first one).
+struct Restarted(std::process::Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
