@@ -5,6 +5,8 @@
 //! the agent's `relisting` one. Alone in its binary: it restarts the shared apiserver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +17,22 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use testkit::fixtures::{TestNamespace, eventually, test_namespace};
+use vworkspace_api::ApplicationInstance;
 use vworkspace_operator::agent::relist::relisting;
+use vworkspace_operator::controller::{Context, application_instance};
+use vworkspace_operator::kinds::flux::HelmRelease;
+
+/// An ApplicationInstance the controller turns into a HelmRelease.
+fn wiki(ns: &str, name: &str) -> ApplicationInstance {
+    let mut v = support::instance(
+        ns,
+        name,
+        support::helm_chart("wiki", "1.0.0"),
+        json!({"source": "inline", "inline": {}}),
+    );
+    v["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": "test-1"});
+    serde_json::from_value(v).unwrap()
+}
 
 /// The kube-apiserver child of this test process: pid and command line.
 fn apiserver() -> (i32, Vec<String>) {
@@ -45,6 +62,69 @@ fn apiserver() -> (i32, Vec<String>) {
         }
     }
     panic!("no kube-apiserver child");
+}
+
+/// Kills the test control plane's kube-apiserver (SIGKILL), lets etcd write on and
+/// compact its history while it is down (so watches' resource versions are gone, as
+/// after the apiserver's own 5-minute compaction), starts it again with the same
+/// arguments and waits until it answers.
+async fn restart_apiserver(cp: &testkit::ControlPlane, api: &Api<ConfigMap>) -> Restarted {
+    let (pid, args) = apiserver();
+    let log = std::fs::File::create(cp.dir.join("apiserver-restarted.log")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While it is down, etcd moves on and compacts its history past the watches'
+    // resource version (the apiserver compacts every 5 minutes on its own).
+    let etcd = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--etcd-servers="))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let mut revision = 0i64;
+    for i in 0..5 {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let r: serde_json::Value = http
+            .post(format!("{etcd}/v3/kv/put"))
+            .json(&json!({"key": b64("/w11-scratch"), "value": b64(&i.to_string())}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        revision = r["header"]["revision"].as_str().unwrap().parse().unwrap();
+    }
+    let c = http
+        .post(format!("{etcd}/v3/kv/compaction"))
+        .json(&json!({"revision": revision.to_string(), "physical": true}))
+        .send()
+        .await
+        .unwrap();
+    eprintln!("compacted at {revision}: {}", c.status());
+    let restarted = Restarted(
+        std::process::Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the apiserver back", Duration::from_secs(120), || async {
+        api.list(&ListParams::default().limit(1))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    restarted
 }
 
 fn names(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
@@ -111,61 +191,7 @@ async fn watches_see_objects_created_after_an_apiserver_restart() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (pid, args) = apiserver();
-    let log = std::fs::File::create(cp.dir.join("apiserver-restarted.log")).unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // While it is down, etcd moves on and compacts its history past the watches'
-    // resource version (the apiserver compacts every 5 minutes on its own).
-    let etcd = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--etcd-servers="))
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
-    let http = reqwest::Client::new();
-    let mut revision = 0i64;
-    for i in 0..5 {
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let r: serde_json::Value = http
-            .post(format!("{etcd}/v3/kv/put"))
-            .json(&json!({"key": b64("/w11-scratch"), "value": b64(&i.to_string())}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        revision = r["header"]["revision"].as_str().unwrap().parse().unwrap();
-    }
-    let c = http
-        .post(format!("{etcd}/v3/kv/compaction"))
-        .json(&json!({"revision": revision.to_string(), "physical": true}))
-        .send()
-        .await
-        .unwrap();
-    eprintln!("compacted at {revision}: {}", c.status());
-    let _apiserver = Restarted(
-        std::process::Command::new(&args[0])
-            .args(&args[1..])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    eventually("the apiserver back", Duration::from_secs(120), || async {
-        api.list(&ListParams::default().limit(1))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let _apiserver = restart_apiserver(cp, &api).await;
     api.create(&PostParams::default(), &cm("after"))
         .await
         .unwrap();
@@ -194,4 +220,49 @@ impl Drop for Restarted {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Issue 11 item 4, reproduced: the ApplicationInstance controller does not pick up an
+/// instance created within 90 s of the restart. kube's watchers recover (see above), but
+/// `Controller` puts one `DefaultBackoff` on the merged stream of its six watches: each
+/// watch's error pauses all of them and doubles the pause (~50 s by then). Passes with
+/// `.trigger_backoff` bounded to 1 s. Ignored until the controllers do that; run with
+/// `-- --ignored` (alone: it restarts the apiserver). docs/reliability.md.
+#[tokio::test]
+#[ignore = "issue 11 item 4: fails until the controllers' trigger backoff is bounded"]
+async fn application_instance_controller_recovers_after_an_apiserver_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let TestNamespace { cp, client, ns } = test_namespace("rel-apiserver-ai").await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // The ApplicationInstance controller, as in the operator.
+    let ctx = Arc::new(Context::new(client.clone()));
+    let scope = ns.clone();
+    tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
+    let instances: Api<ApplicationInstance> = Api::namespaced(client.clone(), &ns);
+    let releases: Api<HelmRelease> = Api::namespaced(client.clone(), &ns);
+    instances
+        .create(&PostParams::default(), &wiki(&ns, "before"))
+        .await
+        .unwrap();
+    eventually(
+        "HelmRelease of 'before'",
+        Duration::from_secs(60),
+        || async { releases.get_opt("before").await.unwrap() },
+    )
+    .await;
+    let _apiserver = restart_apiserver(cp, &api).await;
+    // The controller picks up an instance created after the restart.
+    instances
+        .create(&PostParams::default(), &wiki(&ns, "after"))
+        .await
+        .unwrap();
+    eventually(
+        "HelmRelease of 'after'",
+        Duration::from_secs(90),
+        || async { releases.get_opt("after").await.ok().flatten() },
+    )
+    .await;
 }
