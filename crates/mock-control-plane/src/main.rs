@@ -37,6 +37,10 @@ struct Args {
     /// Lifetime of the seeded registration token in seconds.
     #[arg(long, default_value_t = 86400)]
     registration_ttl_seconds: u64,
+    /// Be as lenient as the original Go server: 403 on a bad poll token, no job
+    /// registry, no redelivery, no rotation grace (overrides --rotation-grace-seconds).
+    #[arg(long)]
+    lenient: bool,
 }
 
 /// Accepts the single-dash spellings of the original mock (`-addr :8080`,
@@ -76,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.addr.clone()
     };
-    let app = router(MockConfig {
+    let config = MockConfig {
         registration_token: args.registration_token.clone(),
         cluster_id: args.cluster_id.clone(),
         bootstrap_token: args.bootstrap_token,
@@ -85,6 +89,12 @@ async fn main() -> anyhow::Result<()> {
         rotation_grace: Duration::from_secs(args.rotation_grace_seconds),
         registration_ttl: Duration::from_secs(args.registration_ttl_seconds),
         db_path: args.db,
+        lenient: false,
+    };
+    let app = router(if args.lenient {
+        config.lenient()
+    } else {
+        config
     })?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     // The registration token is a dev credential of this mock; printing it is the point.

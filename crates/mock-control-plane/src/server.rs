@@ -42,6 +42,23 @@ pub struct MockConfig {
     pub registration_ttl: Duration,
     /// SQLite file; `None` keeps state in memory.
     pub db_path: Option<PathBuf>,
+    /// Behave as leniently as the original Go server of this design (see
+    /// [`MockConfig::lenient`]).
+    pub lenient: bool,
+}
+
+impl MockConfig {
+    /// The original Go server's leniency, for compatibility tests: a bad token on the
+    /// poll gets `403` (not `401`); there is no job registry (ack, status and result of
+    /// an unknown job are accepted); a job is handed out once and never again, acked or
+    /// not; a rotated-away token stops working at once.
+    pub fn lenient(self) -> MockConfig {
+        MockConfig {
+            lenient: true,
+            rotation_grace: Duration::ZERO,
+            ..self
+        }
+    }
 }
 
 impl Default for MockConfig {
@@ -55,6 +72,7 @@ impl Default for MockConfig {
             rotation_grace: Duration::from_secs(24 * 3600),
             registration_ttl: Duration::from_secs(24 * 3600),
             db_path: None,
+            lenient: false,
         }
     }
 }
@@ -231,6 +249,9 @@ async fn jobs(State(s): State<S>, h: HeaderMap, Query(q): Query<PollQuery>) -> R
     };
     let owner = match authenticate(&s, &h) {
         Ok(c) => c,
+        Err(_) if s.config.lenient => {
+            return error(StatusCode::FORBIDDEN, "Forbidden", "invalid token");
+        }
         Err(r) => return r,
     };
     if owner != cluster {
@@ -241,9 +262,14 @@ async fn jobs(State(s): State<S>, h: HeaderMap, Query(q): Query<PollQuery>) -> R
         );
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(parse_wait(q.wait.as_deref()));
-    let lease = i64::try_from(s.config.lease.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
+    // Lenient: handed out once, never again (a lease that does not end).
+    let lease = if s.config.lenient {
+        i64::MAX / 4
+    } else {
+        i64::try_from(s.config.lease.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    };
     loop {
         // Register interest before looking, so an enqueue in between is not missed.
         let notified = s.enqueued.notified();
@@ -285,6 +311,8 @@ fn job_access(s: &Shared, h: &HeaderMap, id: &str) -> Result<crate::store::JobSt
             "Forbidden",
             "the job belongs to another cluster",
         )),
+        // Lenient: no job registry; anything goes.
+        Ok(None) if s.config.lenient => Ok(crate::store::JobState::Acked),
         Ok(None) => Err(error(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -343,6 +371,7 @@ async fn result(
     match s.store.store_result(&id, &result) {
         Ok(ResultWrite::Stored) => StatusCode::NO_CONTENT.into_response(),
         Ok(ResultWrite::AlreadyStored) => StatusCode::CONFLICT.into_response(),
+        Ok(ResultWrite::UnknownJob) if s.config.lenient => StatusCode::NO_CONTENT.into_response(),
         Ok(ResultWrite::UnknownJob) => error(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -367,11 +396,26 @@ async fn events(State(s): State<S>, h: HeaderMap, body: String) -> Response {
     }
 }
 
-async fn rotate(State(s): State<S>, h: HeaderMap) -> Response {
+async fn rotate(State(s): State<S>, h: HeaderMap, body: String) -> Response {
     let cluster = match authenticate(&s, &h) {
         Ok(c) => c,
         Err(r) => return r,
     };
+    // The body is `{}` (no fields yet); anything else but an empty body is refused
+    // before a token changes.
+    if !body.trim().is_empty() {
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(v) if v.is_object() => {}
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidJSON",
+                    "the rotate body must be a JSON object",
+                );
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidJSON", e.to_string()),
+        }
+    }
     let token = format!("bootstrap-{cluster}-{}", random_hex(16));
     let grace = i64::try_from(s.config.rotation_grace.as_millis()).unwrap_or(i64::MAX);
     match s.store.rotate(&cluster, &token, grace) {

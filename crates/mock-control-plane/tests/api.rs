@@ -366,6 +366,58 @@ async fn rotation_keeps_the_old_token_for_the_grace_period() {
 }
 
 #[tokio::test]
+async fn rotate_refuses_a_garbage_body() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    for garbage in ["not json", "[1]", "{\"a\":"] {
+        let r = agent
+            .req(reqwest::Method::POST, "/api/agent/credentials/rotate")
+            .body(garbage)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{garbage}");
+    }
+    let mut cfg = config();
+    cfg.rotation_grace = Duration::ZERO;
+    let strict = MockServer::start(cfg).await.unwrap();
+    let agent = registered(&strict).await;
+    let r = agent
+        .req(reqwest::Method::POST, "/api/agent/credentials/rotate")
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(agent.poll("0").await.0, 200, "no rotation happened");
+}
+
+#[tokio::test]
+async fn lenient_mode_behaves_like_the_original_server() {
+    let server = MockServer::start(config().lenient()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    let job: Job =
+        serde_json::from_value(json!({"id": "once", "kind": "apply", "payload": {}})).unwrap();
+    admin.enqueue(CLUSTER, &job).await.unwrap();
+    assert_eq!(agent.poll("0").await.1["jobs"][0]["id"], "once");
+    // Not acked, yet never handed out again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(agent.poll("0").await.1["jobs"], json!([]));
+    // No job registry.
+    assert_eq!(
+        agent.post("/api/agent/jobs/nobody/ack", json!({})).await,
+        204
+    );
+    let bad = Agent {
+        http: reqwest::Client::new(),
+        url: server.url(),
+        token: "wrong".into(),
+    };
+    assert_eq!(bad.poll("0").await.0, 403);
+}
+
+#[tokio::test]
 async fn faults_are_injected_per_endpoint() {
     let server = MockServer::start(config()).await.unwrap();
     let agent = registered(&server).await;

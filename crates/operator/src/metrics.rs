@@ -78,6 +78,10 @@ pub struct Metrics {
     pub dropped_events_total: Counter,
     /// Seconds from a job's `createdAt` to its accepted result.
     pub job_latency_seconds: Histogram,
+    /// Poll answers' jobs that had no usable id, so could not be answered.
+    pub malformed_jobs_total: Counter,
+    /// Seconds job polling waits on a `429` `Retry-After` (capped); 0 when not throttled.
+    pub poll_throttled_seconds: Gauge,
     credential_age_seconds: Gauge<f64, AtomicU64>,
     /// Unix milliseconds of the last credential write/load; 0 = never.
     credentials_at_ms: AtomicI64,
@@ -114,6 +118,8 @@ impl Metrics {
             0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
         ]);
         let credential_age_seconds = Gauge::<f64, AtomicU64>::default();
+        let malformed_jobs_total = Counter::default();
+        let poll_throttled_seconds = Gauge::default();
         let reconcile_total = Family::<ReconcileLabels, Counter>::default();
         let reconcile_errors_total = Family::<ReconcileErrorLabels, Counter>::default();
         let reconcile_time_seconds: HistogramFamily<ControllerLabel> =
@@ -173,8 +179,20 @@ impl Metrics {
             "Seconds since the control-plane credentials were last written or loaded",
             credential_age_seconds.clone(),
         );
+        registry.register(
+            "vworkspace_operator_malformed_jobs",
+            "Jobs in poll answers that could not be read and had no usable id to answer",
+            malformed_jobs_total.clone(),
+        );
+        registry.register(
+            "vworkspace_operator_poll_throttled_seconds",
+            "Seconds job polling pauses on the control plane's Retry-After (0: not throttled)",
+            poll_throttled_seconds.clone(),
+        );
         let m = Metrics {
             registry,
+            malformed_jobs_total,
+            poll_throttled_seconds,
             reconcile_total,
             reconcile_errors_total,
             reconcile_time_seconds,

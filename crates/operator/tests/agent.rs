@@ -86,6 +86,7 @@ fn config(op_ns: &str) -> AgentConfig {
         first: Duration::from_millis(100),
         cap: Duration::from_millis(500),
         floor: Duration::from_millis(50),
+        max_retry_after: Duration::from_secs(2),
     };
     c.batcher = BatcherConfig {
         flush_period: Duration::from_millis(200),

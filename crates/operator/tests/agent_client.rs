@@ -119,7 +119,7 @@ async fn status_code_reactions() {
     let res = noop();
 
     // 200 with jobs: null → empty.
-    assert_eq!(client.poll(0).await.unwrap(), vec![]);
+    assert!(client.poll(0).await.unwrap().entries.is_empty());
     assert_eq!(metrics.connectivity(), 1);
 
     // 409 on ack and result: success. 404 on job paths: JobGone.
@@ -265,14 +265,14 @@ async fn status_codes_from_the_mock_control_plane() {
     let (_metrics, store, client) = agent_client(&kube, &ns).await;
     let res = noop();
 
-    assert_eq!(client.poll(0).await.unwrap(), vec![]);
+    assert!(client.poll(0).await.unwrap().entries.is_empty());
     // Unknown job: 404 → JobGone (dropped, not retried).
     assert_eq!(client.ack("ghost").await.unwrap_err(), ClientError::JobGone);
     // A real job: result once, then 409 → already closed (success).
     let job: vworkspace_protocol::Job =
         serde_json::from_value(json!({"id": "j1", "kind": "apply", "payload": {}})).unwrap();
     admin.enqueue(&cluster, &job).await.unwrap();
-    assert_eq!(client.poll(0).await.unwrap().len(), 1);
+    assert_eq!(client.poll(0).await.unwrap().entries.len(), 1);
     assert_eq!(client.ack("j1").await.unwrap(), Delivery::Accepted);
     assert_eq!(client.result("j1", &res).await.unwrap(), Delivery::Accepted);
     assert_eq!(

@@ -8,6 +8,7 @@
 //! [`Job::parsed_kind`] reports the problem). Encoding omits empty optional fields as the
 //! contract specifies.
 
+pub mod batch;
 pub mod error;
 pub mod payload;
 pub mod secret;

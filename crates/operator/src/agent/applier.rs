@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use serde_json::Value;
@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use vworkspace_api::{ApplicationInstance, Cluster, Operation, keys};
 
 use super::scope::ScopePolicy;
+use super::write_params;
 
 /// The object a job wrote or deleted (wire `appliedRef`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -387,7 +388,7 @@ impl Applier {
             },
             ..Default::default()
         };
-        match api.create(&PostParams::default(), &ns).await {
+        match api.create(&write_params(), &ns).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(e) => Err(classify(e, &format!("creating namespace {name}"))),
@@ -605,7 +606,14 @@ impl Applier {
                 let api: Api<Cluster> = Api::all(self.client.clone());
                 let patch = serde_json::json!({"spec": {"rotateCredentials": true}});
                 let c = api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        name,
+                        &PatchParams {
+                            field_manager: Some(keys::FIELD_MANAGER_AGENT.into()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(&patch),
+                    )
                     .await
                     .map_err(|e| classify(e, &format!("requesting rotation on Cluster {name}")))?;
                 Ok(Applied {

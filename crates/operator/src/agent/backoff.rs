@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+/// Default longest pause a `Retry-After` can impose (docs/agent.md): a larger value, or a date
+/// further ahead, waits this long and then tries again. Five minutes is the disconnect
+/// window, so a throttled agent never goes quiet for longer than an outage would take
+/// to be reported.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Backoff settings. Defaults are the spec's recommendation: first delay 2 s, factor 2,
 /// cap 60 s, full jitter, never less than 1 s between attempts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +16,8 @@ pub struct BackoffConfig {
     pub first: Duration,
     pub cap: Duration,
     pub floor: Duration,
+    /// Ceiling of a `Retry-After` pause. Default [`MAX_RETRY_AFTER`].
+    pub max_retry_after: Duration,
 }
 
 impl Default for BackoffConfig {
@@ -18,6 +26,7 @@ impl Default for BackoffConfig {
             first: Duration::from_secs(2),
             cap: Duration::from_secs(60),
             floor: Duration::from_secs(1),
+            max_retry_after: MAX_RETRY_AFTER,
         }
     }
 }
@@ -59,7 +68,7 @@ impl Backoff {
     pub fn next_delay_after(&mut self, retry_after: Option<Duration>) -> Duration {
         let d = self.next_delay();
         match retry_after {
-            Some(r) => r.max(self.config.floor),
+            Some(r) => r.min(self.config.max_retry_after).max(self.config.floor),
             None => d,
         }
     }
@@ -136,6 +145,24 @@ mod tests {
         assert_eq!(
             b.next_delay_after(Some(Duration::ZERO)),
             Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        let mut b = Backoff::new(BackoffConfig::default());
+        assert_eq!(
+            b.next_delay_after(Some(Duration::from_secs(999_999))),
+            MAX_RETRY_AFTER
+        );
+        let far = parse_retry_after(
+            "Fri, 01 Jan 2100 00:00:00 GMT",
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        );
+        assert_eq!(b.next_delay_after(far), MAX_RETRY_AFTER);
+        assert_eq!(
+            b.next_delay_after(Some(Duration::from_secs(299))),
+            Duration::from_secs(299)
         );
     }
 

@@ -27,9 +27,10 @@ use serde::de::DeserializeOwned;
 use super::backoff::parse_retry_after;
 use super::connectivity::{Connectivity, Windows};
 use super::credentials::{AuthState, CredentialStore, Credentials, Token};
+use super::wire::batch::{Batch, MAX_RESPONSE_BYTES, split_jobs};
 use super::wire::{
-    ErrorBody, Event, EventsRequest, Job, JobResult, JobsResponse, MEDIA_TYPE, RegisterRequest,
-    RegisterResponse, RotateResponse, StatusUpdate,
+    ErrorBody, Event, EventsRequest, JobResult, MEDIA_TYPE, RegisterRequest, RegisterResponse,
+    RotateResponse, StatusUpdate,
 };
 use crate::metrics::Metrics;
 
@@ -83,6 +84,45 @@ impl ClientError {
         match self {
             ClientError::RateLimited { retry_after } => *retry_after,
             _ => None,
+        }
+    }
+}
+
+/// Largest body read from any answer but a successful poll (errors, registration,
+/// rotation): those are a few hundred bytes; anything beyond is not read.
+pub const MAX_OTHER_BODY_BYTES: usize = 64 * 1024;
+
+/// A response body read up to a cap.
+pub struct Body {
+    pub bytes: Vec<u8>,
+    /// `false` when reading stopped at the cap (the rest was never read).
+    pub complete: bool,
+}
+
+/// Reads at most `cap` bytes of the body, chunk by chunk, so a huge or endless answer
+/// costs at most `cap` of memory; the connection is dropped with the rest unread.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Body, ClientError> {
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - bytes.len();
+                if chunk.len() > room {
+                    bytes.extend_from_slice(&chunk[..room]);
+                    return Ok(Body {
+                        bytes,
+                        complete: false,
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => {
+                return Ok(Body {
+                    bytes,
+                    complete: true,
+                });
+            }
+            Err(e) => return Err(ClientError::Unavailable(e.without_url().to_string())),
         }
     }
 }
@@ -214,6 +254,14 @@ impl AgentClient {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// Records that job polling pauses for `pause` (a `429`); see
+    /// [`Connectivity::throttled_until`].
+    pub fn throttled(&self, pause: Duration) {
+        if let Ok(mut c) = self.connectivity.lock() {
+            c.throttle(Timestamp::now(), pause);
+        }
+    }
+
     /// Re-evaluates the time windows (called on the Cluster reconcile cadence).
     pub fn tick_connectivity(&self) {
         if let Ok(mut c) = self.connectivity.lock() {
@@ -246,7 +294,7 @@ impl AgentClient {
         url: &str,
         token: &Token,
         body: Option<&[u8]>,
-    ) -> Result<(Delivery, Vec<u8>), ClientError> {
+    ) -> Result<(Delivery, Body), ClientError> {
         let mut req = self
             .http
             .request(method, url)
@@ -265,11 +313,13 @@ impl AgentClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
-        let text = String::from_utf8_lossy(&bytes);
+        let cap = if endpoint == Endpoint::Poll && status.is_success() {
+            MAX_RESPONSE_BYTES
+        } else {
+            MAX_OTHER_BODY_BYTES
+        };
+        let body = read_capped(resp, cap).await?;
+        let text = String::from_utf8_lossy(&body.bytes);
         let d = classify(
             endpoint,
             status,
@@ -277,7 +327,7 @@ impl AgentClient {
             retry_after.as_deref(),
             Timestamp::now(),
         )?;
-        Ok((d, bytes.to_vec()))
+        Ok((d, body))
     }
 
     /// One authenticated call with the 401 → reload-once rule.
@@ -287,7 +337,7 @@ impl AgentClient {
         method: Method,
         path: &str,
         body: Option<&[u8]>,
-    ) -> Result<(Delivery, Vec<u8>), ClientError> {
+    ) -> Result<(Delivery, Body), ClientError> {
         let creds = self.store.current().ok_or(ClientError::NoCredentials)?;
         if let AuthState::Rejected {
             status, message, ..
@@ -351,18 +401,16 @@ impl AgentClient {
         serde_json::to_vec(v).map_err(|e| ClientError::Unexpected(e.to_string()))
     }
 
-    /// `GET /api/agent/jobs?cluster=<id>&wait=<s>`.
-    pub async fn poll(&self, wait_seconds: u64) -> Result<Vec<Job>, ClientError> {
+    /// `GET /api/agent/jobs?cluster=<id>&wait=<s>`: the jobs one by one (see
+    /// [`split_jobs`]); the body is read up to [`MAX_RESPONSE_BYTES`].
+    pub async fn poll(&self, wait_seconds: u64) -> Result<Batch, ClientError> {
         let creds = self.store.current().ok_or(ClientError::NoCredentials)?;
         let path = format!(
             "/api/agent/jobs?cluster={}&wait={wait_seconds}",
             escape_segment(&creds.cluster_id)
         );
         let (_, body) = self.call(Endpoint::Poll, Method::GET, &path, None).await?;
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Vec::new());
-        }
-        Ok(Self::decode::<JobsResponse>(&body)?.jobs)
+        split_jobs(&body.bytes, body.complete).map_err(|e| ClientError::Unexpected(e.to_string()))
     }
 
     pub async fn ack(&self, job_id: &str) -> Result<Delivery, ClientError> {
@@ -413,7 +461,7 @@ impl AgentClient {
                 Some(b"{}"),
             )
             .await?;
-        let r: RotateResponse = Self::decode(&body)?;
+        let r: RotateResponse = Self::decode(&body.bytes)?;
         let token = Token::new(r.token);
         if token.is_empty() {
             return Err(ClientError::Unexpected(
@@ -459,10 +507,7 @@ pub async fn register(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
+    let bytes = read_capped(resp, MAX_OTHER_BODY_BYTES).await?.bytes;
     if status != StatusCode::OK {
         let text = String::from_utf8_lossy(&bytes);
         classify(

@@ -63,6 +63,9 @@ pub struct Connectivity {
     state: State,
     last_error: Option<String>,
     last_success: Option<Timestamp>,
+    /// Job polling pauses until then on a `429` (other round trips may still succeed,
+    /// so the state alone would read `Connected`).
+    throttled_until: Option<Timestamp>,
 }
 
 impl Connectivity {
@@ -72,7 +75,18 @@ impl Connectivity {
             state: State::Unknown,
             last_error: None,
             last_success: None,
+            throttled_until: None,
         }
+    }
+
+    /// Records that job polling pauses for `pause` from `now` on a `429`.
+    pub fn throttle(&mut self, now: Timestamp, pause: Duration) {
+        self.throttled_until = now.checked_add(pause).ok();
+    }
+
+    /// Until when job polling is paused by the control plane, if it still is at `now`.
+    pub fn throttled_until(&self, now: Timestamp) -> Option<Timestamp> {
+        self.throttled_until.filter(|t| *t > now)
     }
 
     pub fn state(&self) -> State {
@@ -196,6 +210,17 @@ mod tests {
         assert_eq!(c.gauge(), -1);
         assert!(c.is_disconnected());
         assert_eq!(c.last_error(), Some("refused"));
+    }
+
+    #[test]
+    fn throttling_is_visible_while_other_round_trips_succeed() {
+        let mut c = Connectivity::new(Windows::default());
+        c.success(at(0));
+        c.throttle(at(0), Duration::from_secs(300));
+        c.success(at(10));
+        assert_eq!(c.state(), State::Connected);
+        assert_eq!(c.throttled_until(at(10)), Some(at(300)));
+        assert_eq!(c.throttled_until(at(300)), None);
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct EventBatcher {
     notify: Notify,
     flushing: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The delivery failure last logged; the same one again is not logged (a rejected
+    /// credential is refused locally on every flush and would fill the log).
+    last_failure: Mutex<Option<String>>,
 }
 
 impl EventBatcher {
@@ -74,6 +77,7 @@ impl EventBatcher {
             notify: Notify::new(),
             flushing: tokio::sync::Mutex::new(()),
             metrics,
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -146,6 +150,9 @@ impl EventBatcher {
             match sink.send(&batch).await {
                 Ok(()) => {
                     delivered += batch.len();
+                    if let Ok(mut l) = self.last_failure.lock() {
+                        *l = None;
+                    }
                     self.with_queue(|q| {
                         if q.events.is_empty() {
                             q.dropped = 0;
@@ -163,7 +170,15 @@ impl EventBatcher {
                         }
                         self.trim(q);
                     });
-                    if !matches!(e, ClientError::NoCredentials) {
+                    let text = e.to_string();
+                    let news = self
+                        .last_failure
+                        .lock()
+                        .map(|mut l| l.replace(text.clone()) != Some(text))
+                        .unwrap_or(true);
+                    // Auth failures repeat locally until the Secret changes: log the first.
+                    // Others are paced by the backoff and each is worth a line.
+                    if !matches!(e, ClientError::NoCredentials) && (news || !e.is_auth()) {
                         tracing::warn!(error = %e, batch = size, "event delivery failed; kept queued");
                     }
                     return Err(e);
@@ -274,6 +289,45 @@ mod tests {
         let flat: Vec<String> = got.concat();
         assert_eq!(flat, (0..8).map(|i| format!("k{i}")).collect::<Vec<_>>());
         assert!(b.is_empty());
+    }
+
+    /// Counts WARN events of this module.
+    struct Warnings(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *e.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    struct Refusing(ClientError);
+
+    impl EventSink for Refusing {
+        fn send<'a>(&'a self, _: &'a [Event]) -> BoxFuture<'a, Result<(), ClientError>> {
+            Box::pin(async move { Err(self.0.clone()) })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rejected_credentials_are_reported_once_not_every_flush() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let warnings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Warnings(warnings.clone()));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let b = batcher(100);
+        b.enqueue(ev(0));
+        let forbidden = Refusing(ClientError::Forbidden("agent API error (403): no".into()));
+        for _ in 0..10 {
+            assert!(b.flush(&forbidden).await.is_err());
+        }
+        assert_eq!(warnings.load(Ordering::SeqCst), 1);
+        // Another failure is news again.
+        let down = Refusing(ClientError::Unavailable("refused".into()));
+        assert!(b.flush(&down).await.is_err());
+        assert_eq!(warnings.load(Ordering::SeqCst), 2);
+        assert_eq!(b.len(), 1, "events stay queued");
     }
 
     #[tokio::test]

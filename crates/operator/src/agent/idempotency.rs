@@ -21,9 +21,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::write_params;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use tokio::sync::Mutex;
 
 pub const CONFIG_MAP_NAME: &str = "vworkspace-applied-jobs";
@@ -173,7 +174,7 @@ impl IdempotencyStore {
                 Some(mut cm) => {
                     cm.data = Some(data);
                     self.api
-                        .replace(CONFIG_MAP_NAME, &PostParams::default(), &cm)
+                        .replace(CONFIG_MAP_NAME, &write_params(), &cm)
                         .await
                 }
                 None => {
@@ -185,7 +186,7 @@ impl IdempotencyStore {
                         data: Some(data),
                         ..Default::default()
                     };
-                    self.api.create(&PostParams::default(), &cm).await
+                    self.api.create(&write_params(), &cm).await
                 }
             };
             match result {

@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use tokio::sync::Mutex;
 
 use super::wire::Job;
+use super::write_params;
 
 pub const SECRET_NAME: &str = "vworkspace-agent-inflight";
 pub const DATA_KEY: &str = "jobs.json";
@@ -99,10 +100,7 @@ impl Journal {
                         data: Some([(DATA_KEY.to_string(), body)].into()),
                         ..Default::default()
                     };
-                    self.api
-                        .create(&PostParams::default(), &secret)
-                        .await
-                        .map(|_| ())
+                    self.api.create(&write_params(), &secret).await.map(|_| ())
                 }
                 Some(mut secret) => {
                     if jobs.len() == before && before == 0 {
@@ -110,7 +108,7 @@ impl Journal {
                     }
                     secret.data = Some([(DATA_KEY.to_string(), body)].into());
                     self.api
-                        .replace(SECRET_NAME, &PostParams::default(), &secret)
+                        .replace(SECRET_NAME, &write_params(), &secret)
                         .await
                         .map(|_| ())
                 }

@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod poller;
 pub mod readiness;
+pub mod relist;
 pub mod reporter;
 pub mod runtime;
 pub mod scope;
@@ -45,6 +46,16 @@ use idempotency::{IdempotencyStore, Limits};
 use reporter::Reporter;
 use scope::ScopePolicy;
 use signing::SigningMode;
+
+/// Create/replace parameters of everything the agent writes itself (journal,
+/// idempotency store, namespaces): its own field manager, so `managedFields` say who
+/// wrote what instead of `unknown`.
+pub(crate) fn write_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(vworkspace_api::keys::FIELD_MANAGER_AGENT.into()),
+        ..kube::api::PostParams::default()
+    }
+}
 
 /// Agent settings. [`AgentConfig::new`] gives the documented defaults.
 #[derive(Clone, Debug)]

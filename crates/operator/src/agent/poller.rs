@@ -29,6 +29,7 @@ use super::backoff::Backoff;
 use super::client::{ClientError, Delivery};
 use super::readiness::{Verdict, evaluate};
 use super::signing;
+use super::wire::batch::{Entry, MAX_RESPONSE_BYTES};
 use super::wire::{
     Condition, Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef,
     StatusUpdate,
@@ -104,8 +105,9 @@ impl Poller {
                 r = agent.client().poll(self.wait_seconds()) => r,
             };
             match fetched {
-                Ok(jobs) => {
+                Ok(batch) => {
                     backoff.reset();
+                    agent.metrics().poll_throttled_seconds.set(0);
                     agent
                         .inner
                         .connected_once
@@ -119,18 +121,41 @@ impl Poller {
                         self.resume(&cancel).await;
                     }
                     let now = Timestamp::now();
-                    let lag = jobs
+                    let lag = batch
+                        .entries
                         .iter()
-                        .filter_map(|j| j.created_at)
+                        .filter_map(|e| match e {
+                            Entry::Job(j) => j.created_at,
+                            Entry::Malformed { .. } => None,
+                        })
                         .min()
                         .map(|t| now.duration_since(t).as_secs_f64().max(0.0))
                         .unwrap_or(0.0);
                     agent.metrics().pull_job_lag_seconds.set(lag);
-                    for job in jobs {
+                    if batch.truncated {
+                        tracing::warn!(
+                            limit_bytes = MAX_RESPONSE_BYTES,
+                            "jobs answer over the size limit: read up to the limit; later jobs come with a later poll"
+                        );
+                    }
+                    for entry in batch.entries {
                         if cancel.is_cancelled() {
                             return;
                         }
-                        self.process(job, &cancel).await;
+                        match entry {
+                            Entry::Job(job) => self.process(*job, &cancel).await,
+                            Entry::Malformed {
+                                id: Some(id),
+                                problem,
+                            } => {
+                                tracing::warn!(job_id = %id, problem = %problem, "job cannot be read; answering failed");
+                                self.process(refused(&id, &problem), &cancel).await;
+                            }
+                            Entry::Malformed { id: None, problem } => {
+                                agent.metrics().malformed_jobs_total.inc();
+                                tracing::warn!(problem = %problem, "job without a usable id cannot be read or answered; skipped and counted");
+                            }
+                        }
                     }
                     if self.wait_seconds() == 0 {
                         let min_gap = Duration::from_secs(1).saturating_sub(started.elapsed());
@@ -146,6 +171,20 @@ impl Poller {
                 Err(e) => {
                     failing = true;
                     let delay = backoff.next_delay_after(e.retry_after());
+                    if let ClientError::RateLimited { retry_after } = &e {
+                        // Shown in the metric and on the Cluster (the connectivity record).
+                        agent
+                            .metrics()
+                            .poll_throttled_seconds
+                            .set(delay.as_secs() as i64);
+                        agent.client().throttled(delay);
+                        if retry_after.is_some_and(|r| r > delay) {
+                            tracing::warn!(
+                                cap_seconds = agent.config().backoff.max_retry_after.as_secs(),
+                                "Retry-After beyond the agent's cap; polling again after the cap"
+                            );
+                        }
+                    }
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job fetch failed");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -200,10 +239,22 @@ impl Poller {
             return;
         }
         let done = InFlight(self.in_flight.clone(), job.id.clone());
-        if let Err(e) = a.inner.journal.add(&job).await {
-            // Not acknowledged: the control plane hands it out again after its lease.
-            tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; skipped this round");
-            return;
+        let mut backoff = Backoff::new(a.config().backoff);
+        let mut attempt = 0;
+        while let Err(e) = a.inner.journal.add(&job).await {
+            attempt += 1;
+            if attempt >= JOURNAL_ATTEMPTS {
+                // A control plane may hand a job out only once: answering it without the
+                // journal (lost only if the operator also dies before the result) beats
+                // leaving it unanswered for good.
+                tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; processing it unjournaled");
+                break;
+            }
+            tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
         }
         if self.pipeline(job.clone(), cancel, done).await == Step::Settled {
             forget(a, &job.id).await;
@@ -213,16 +264,22 @@ impl Poller {
     /// The pipeline after journaling.
     async fn pipeline(&self, job: Job, cancel: &CancellationToken, done: InFlight) -> Step {
         let a = &self.agent;
-        match a.client().ack(&job.id).await {
-            Ok(_) => {}
-            Err(ClientError::JobGone) => {
+        match ack(a, &job.id, cancel).await {
+            Acked::Yes => {}
+            Acked::Gone => {
                 tracing::info!(job_id = %job.id, "job unknown or closed on the control plane; dropped");
                 return Step::Settled;
             }
-            Err(e) => {
-                tracing::warn!(job_id = %job.id, error = %e, "ack failed; job skipped this round");
-                return Step::Settled;
-            }
+            Acked::Cancelled => return Step::Unsettled,
+        }
+        if job.kind == REFUSED_KIND {
+            let problem = job.payload["problem"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            return Step::from_delivery(
+                post_result(a, &job, result(OUTCOME_FAILED, problem, None), cancel).await,
+            );
         }
         if job.expires_at.is_some_and(|t| t <= Timestamp::now()) {
             tracing::info!(job_id = %job.id, kind = %job.kind, "job expired; not applied");
@@ -321,6 +378,54 @@ impl Poller {
     }
 }
 
+/// How often journaling a job is tried before it is processed unjournaled.
+const JOURNAL_ATTEMPTS: u32 = 5;
+
+/// Journal kind of a job that could not be read: only its id and the problem are kept,
+/// so a restart still answers it (and a multi-MB job never reaches the journal Secret).
+const REFUSED_KIND: &str = "x-vworkspace-unreadable";
+
+/// The stand-in of an unreadable job with a usable id.
+fn refused(id: &str, problem: &str) -> Job {
+    // The problem names the limit or the decoding error; a bounded length keeps the
+    // journal and the result small whatever the server sent.
+    let problem: String = problem.chars().take(1024).collect();
+    Job {
+        id: id.to_string(),
+        kind: REFUSED_KIND.into(),
+        payload: serde_json::json!({ "problem": problem }),
+        ..Job::default()
+    }
+}
+
+enum Acked {
+    Yes,
+    /// `404`: unknown or closed on the control plane.
+    Gone,
+    /// Shutdown or lost leadership before an ack went through.
+    Cancelled,
+}
+
+/// Acknowledges until the control plane takes it. Retrying instead of waiting for a
+/// redelivery keeps jobs safe on servers that hand a job out only once; a redelivery
+/// meanwhile is skipped by the in-flight mark.
+async fn ack(a: &Agent, id: &str, cancel: &CancellationToken) -> Acked {
+    let mut backoff = Backoff::new(a.config().backoff);
+    loop {
+        let e = match a.client().ack(id).await {
+            Ok(_) => return Acked::Yes,
+            Err(ClientError::JobGone) => return Acked::Gone,
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay_after(e.retry_after());
+        tracing::warn!(job_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "ack failed; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => return Acked::Cancelled,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Where a job stands when the pipeline returns.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -402,7 +507,7 @@ async fn wait_ready(
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &r.kind));
     let api: Api<DynamicObject> = Api::namespaced_with(a.kube().clone(), &r.namespace, &ar);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
-    let mut stream = watcher(api, cfg).boxed();
+    let mut stream = super::relist::relisting(api, cfg).boxed();
     let deadline = tokio::time::sleep(a.config().ready_timeout);
     tokio::pin!(deadline);
     let mut last: Option<Verdict> = None;

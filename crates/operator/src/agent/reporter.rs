@@ -201,7 +201,7 @@ impl Reporter {
             + Sync
             + 'static,
     {
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let mut stream = super::relist::relisting(api, watcher::Config::default()).boxed();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
