@@ -44,7 +44,8 @@ where
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let instances: Api<ApplicationInstance> = scoped(&client, namespace);
-    let controller = Controller::new(instances, ctx.primary_watch_config());
+    let controller = Controller::new(instances, ctx.primary_watch_config())
+        .trigger_backoff(kit::TriggerBackoff::default());
     let store = controller.store();
     // Values Secrets/ConfigMaps are watched by metadata only: the operator never holds
     // their content, yet a missing one appearing unblocks the instance at once.

@@ -81,7 +81,10 @@ pub(super) async fn call_out(ctx: &Ctx, live: &Live, o: &mut Observed, call: Cal
 pub(super) async fn act(ctx: &Ctx, cluster: &Cluster, plan: Plan) -> Result<Action, Error> {
     let kit = &ctx.kit;
     let api: Api<Cluster> = Api::all(kit.client().clone());
-    let pp = PatchParams::default();
+    let pp = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+        ..PatchParams::default()
+    };
     for effect in plan.effects {
         match effect {
             Effect::AddFinalizer => kit.add_finalizer(cluster, keys::FINALIZER_CLUSTER).await?,

@@ -87,7 +87,8 @@ pub async fn run(
             Api::namespaced(client.clone(), &agent.config().operator_namespace);
         let clusters: Api<Cluster> = Api::all(client.clone());
         let t2 = term.clone();
-        let controller = Controller::new(clusters, watcher::Config::default());
+        let controller = Controller::new(clusters, watcher::Config::default())
+            .trigger_backoff(kit::TriggerBackoff::default());
         let store = controller.store();
         let ctx = Arc::new(Ctx {
             kit: Kit::new(client.clone(), agent.metrics().clone()),

@@ -111,8 +111,58 @@ impl Backoffs {
     }
 }
 
+/// Pause schedule of a controller's trigger watches after a watch error: 250 ms doubling
+/// to 5 s, forgotten at the next event that arrives.
+///
+/// kube's default holds one backoff for all of a controller's watches, grows to 30 s and
+/// forgets only after 120 s without an error; after an API-server restart every watch
+/// reports its own loss and its own "resource version too old", each doubling a pause
+/// that stops all of them, and the controller stayed deaf for minutes.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerBackoff {
+    attempt: u32,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const CAP: Duration = Duration::from_secs(5);
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = Self::FIRST
+            .checked_mul(1u32 << self.attempt.min(16))
+            .map_or(Self::CAP, |d| d.min(Self::CAP));
+        self.attempt = self.attempt.saturating_add(1);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trigger_backoff_is_short_capped_and_reset_by_an_event() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = super::TriggerBackoff::default();
+        let first: Vec<u128> = b.by_ref().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        assert_eq!(
+            b.nth(100),
+            Some(Duration::from_secs(5)),
+            "never past the cap"
+        );
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(250)));
+    }
+
     use super::*;
 
     #[test]

@@ -53,7 +53,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
 
-pub use backoff::{Backoff, Backoffs};
+pub use backoff::{Backoff, Backoffs, TriggerBackoff};
 pub use error::{AtStage, Cause, Error, Stage, category};
 pub use status::Conditioned;
 

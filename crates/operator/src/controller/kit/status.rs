@@ -121,7 +121,10 @@ where
     let req = request(obj)
         .patch(
             &obj.name_any(),
-            &PatchParams::default(),
+            &PatchParams {
+                field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+                ..PatchParams::default()
+            },
             &Patch::Merge(patch),
         )
         .map_err(kube::Error::BuildRequest)?;

@@ -91,7 +91,8 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
     let controller = Controller::new(
         scoped::<Operation>(&client, namespace),
         ctx.primary_watch_config(),
-    );
+    )
+    .trigger_backoff(kit::TriggerBackoff::default());
     let store = controller.store();
     // Workloads carry the Operation UID as a label; map them back through the store.
     let by_uid = move |labels: &BTreeMap<String, String>| {
