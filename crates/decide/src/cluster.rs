@@ -34,6 +34,11 @@ pub const AFTER_REGISTRATION: Duration = Duration::from_secs(1);
 /// not schedule a second wake-up milliseconds later.
 pub const HEARTBEAT_SLACK: Duration = Duration::from_secs(1);
 
+/// `Connected=True` reason while job polling is paused by a `429` (docs/agent.md): the
+/// control plane answers, so the Cluster stays connected, but jobs wait until the
+/// `Retry-After` (capped) has passed. Spec §5.4 defines no reason for this.
+pub const POLLING_THROTTLED: &str = "PollingThrottled";
+
 /// The registration token as resolved from the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
@@ -96,6 +101,8 @@ pub struct Settings {
     pub disconnect_after: Duration,
     /// Where the credentials Secret is written: `(name, namespace)`.
     pub credentials_secret: (String, String),
+    /// The ceiling the agent puts on a `Retry-After` (for the `PollingThrottled` message).
+    pub max_retry_after: Duration,
 }
 
 /// Everything one decision needs, gathered by the controller's observe step.
@@ -128,6 +135,8 @@ pub struct Observed {
     pub link_error: Option<String>,
     /// The control plane rejected the credentials: "answered {code}: {message}".
     pub rejected: Option<String>,
+    /// Job polling is paused until then because the control plane answered `429`.
+    pub poll_throttled_until: Option<Timestamp>,
     pub settings: Settings,
     pub outcomes: Outcomes,
 }
@@ -285,6 +294,28 @@ fn heartbeat_due(o: &Observed, now: Timestamp) -> bool {
             .map(|n| n >= due)
             .unwrap_or(true)
     })
+}
+
+/// When job polling resumes, if a `429` still pauses it at `now`.
+fn throttled_until(o: &Observed, now: Timestamp) -> Option<Timestamp> {
+    o.poll_throttled_until.filter(|t| *t > now)
+}
+
+/// `Connected=True`, saying whether job polling is throttled.
+fn set_connected(d: &mut Draft, o: &Observed, now: Timestamp) {
+    match throttled_until(o, now) {
+        Some(until) => d.set(
+            types::CONNECTED,
+            TRUE,
+            POLLING_THROTTLED,
+            format!(
+                "job polling paused until {until}: the control plane answered 429 with \
+                 Retry-After (capped at {}s); heartbeats and events continue",
+                o.settings.max_retry_after.as_secs()
+            ),
+        ),
+        None => d.set(types::CONNECTED, TRUE, r::ROUND_TRIP_OK, ""),
+    }
 }
 
 fn rotation_due(o: &Observed, now: Timestamp) -> bool {
@@ -493,7 +524,7 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
         match o.link {
             Link::Connected => {
                 next = phase::CONNECTED.into();
-                d.set(types::CONNECTED, TRUE, r::ROUND_TRIP_OK, "");
+                set_connected(&mut d, o, now);
                 d.set(types::DISCONNECTED, FALSE, r::CONNECTED, "");
                 d.set(types::AUTHENTICATED, TRUE, r::CREDENTIAL_ACCEPTED, "");
             }
@@ -513,7 +544,14 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
             }
             Link::Reconnecting | Link::Unknown => {
                 // Inside the grace window: keep the phase; say what is failing.
-                if !conditions::is_true(&d.status.conditions, types::CONNECTED) {
+                if conditions::is_true(&d.status.conditions, types::CONNECTED) {
+                    // Still True; only the throttle note may come or go.
+                    let noted = conditions::find(&d.status.conditions, types::CONNECTED)
+                        .is_some_and(|c| c.reason == POLLING_THROTTLED);
+                    if noted || throttled_until(o, now).is_some() {
+                        set_connected(&mut d, o, now);
+                    }
+                } else {
                     let why = o
                         .link_error
                         .clone()
@@ -547,7 +585,7 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
     d.phase(&next);
     d.common(o);
     effects.push(Effect::WriteStatus(d.status));
-    let requeue = match &o.outcomes.heartbeat {
+    let mut requeue = match &o.outcomes.heartbeat {
         Some(_) => o.settings.heartbeat_period,
         None => next_heartbeat(o)
             .map(|due| due.duration_since(now).unsigned_abs())
@@ -557,6 +595,15 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
                 o.settings.heartbeat_period.max(HEARTBEAT_SLACK),
             ),
     };
+    // Clear the throttle note as soon as polling resumes.
+    if let Some(until) = throttled_until(o, now) {
+        requeue = requeue.min(
+            until
+                .duration_since(now)
+                .unsigned_abs()
+                .max(HEARTBEAT_SLACK),
+        );
+    }
     Plan::done(effects, Some(requeue))
 }
 

@@ -72,11 +72,13 @@ fn base() -> Observed {
         link: Link::Connected,
         link_error: None,
         rejected: None,
+        poll_throttled_until: None,
         settings: Settings {
             heartbeat_period: Duration::from_secs(30),
             rotation_period: Duration::from_secs(7 * 86400),
             disconnect_after: Duration::from_secs(300),
             credentials_secret: ("creds".into(), "ops".into()),
+            max_retry_after: Duration::from_secs(300),
         },
         outcomes: Outcomes::default(),
     }
@@ -884,6 +886,106 @@ fn rows() -> Vec<Row> {
                 ..W
             },
         ),
+        // --- throttled job polling (issue 11 item 3)
+        (
+            "429 throttle: Connected=True/PollingThrottled until the resume time",
+            |o| o.poll_throttled_until = Some(now() + jiff::SignedDuration::from_secs(120)),
+            Want {
+                phase: Some("Connected"),
+                conds: &[
+                    ("Connected", "True", POLLING_THROTTLED),
+                    ("Disconnected", "False", "Connected"),
+                ],
+                effects: Some(&["WriteStatus"]),
+                requeue: Some(Some(20)),
+                check: Some(|_, p| {
+                    let c = conditions::find(&p.status().unwrap().conditions, "Connected").unwrap();
+                    assert_eq!(
+                        c.message,
+                        "job polling paused until 2026-12-01T12:02:00Z: the control plane \
+                         answered 429 with Retry-After (capped at 300s); heartbeats and \
+                         events continue"
+                    );
+                    assert_eq!(
+                        c.last_transition_time,
+                        Time(ago(3600)),
+                        "still True: no move"
+                    );
+                }),
+                ..W
+            },
+        ),
+        (
+            "429 throttle ending before the next heartbeat: requeue at the resume time",
+            |o| o.poll_throttled_until = Some(now() + jiff::SignedDuration::from_secs(5)),
+            Want {
+                conds: &[("Connected", "True", POLLING_THROTTLED)],
+                requeue: Some(Some(5)),
+                ..W
+            },
+        ),
+        (
+            "429 throttle over: back to RoundTripOK",
+            |o| {
+                o.poll_throttled_until = Some(ago(1));
+                o.status.conditions[0] = cond("Connected", "True", POLLING_THROTTLED);
+            },
+            Want {
+                conds: &[("Connected", "True", "RoundTripOK")],
+                requeue: Some(Some(20)),
+                check: Some(|_, p| {
+                    let c = conditions::find(&p.status().unwrap().conditions, "Connected").unwrap();
+                    assert_eq!(c.message, "");
+                }),
+                ..W
+            },
+        ),
+        (
+            "429 throttle while reconnecting: still True, throttle noted",
+            |o| {
+                o.link = Link::Reconnecting;
+                o.poll_throttled_until = Some(now() + jiff::SignedDuration::from_secs(60));
+            },
+            Want {
+                phase: Some("Connected"),
+                conds: &[("Connected", "True", POLLING_THROTTLED)],
+                ..W
+            },
+        ),
+        (
+            "throttle note cleared while reconnecting",
+            |o| {
+                o.link = Link::Reconnecting;
+                o.status.conditions[0] = cond("Connected", "True", POLLING_THROTTLED);
+            },
+            Want {
+                conds: &[("Connected", "True", "RoundTripOK")],
+                ..W
+            },
+        ),
+        (
+            "reconnecting without a throttle keeps the Connected reason as it is",
+            |o| {
+                o.link = Link::Reconnecting;
+                o.status.conditions[0] = cond("Connected", "True", "ControlPlaneReachable");
+            },
+            Want {
+                conds: &[("Connected", "True", "ControlPlaneReachable")],
+                ..W
+            },
+        ),
+        (
+            "disconnected outranks a throttle",
+            |o| {
+                o.link = Link::Disconnected;
+                o.poll_throttled_until = Some(now() + jiff::SignedDuration::from_secs(60));
+            },
+            Want {
+                phase: Some("Disconnected"),
+                conds: &[("Connected", "False", "ControlPlaneUnreachable")],
+                ..W
+            },
+        ),
         // --- conditions written on every live pass
         (
             "buffer overflow reported with the drop count",
@@ -1104,6 +1206,7 @@ fn every_cluster_reason_written_is_covered() {
         r::DUPLICATE_CLUSTER,
         r::ENDPOINT_NOT_FOUND,
         r::RECONNECTING,
+        POLLING_THROTTLED,
         "ConnectivityLost",
         "ConnectivityConnected",
         "DeprecatedField",

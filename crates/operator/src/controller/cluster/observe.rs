@@ -45,6 +45,7 @@ pub(super) fn observe_link(agent: &Agent, o: &mut Observed) {
     let conn = agent.client().connectivity();
     o.link = link(conn.state());
     o.link_error = conn.last_error().map(str::to_string);
+    o.poll_throttled_until = conn.throttled_until(jiff::Timestamp::now());
     o.rejected = match agent.store().auth_state() {
         AuthState::Rejected {
             status, message, ..
@@ -92,11 +93,13 @@ pub(super) async fn observe(ctx: &Ctx, name: &str) -> Result<Option<(Live, Obser
         link: Link::Unknown,
         link_error: None,
         rejected: None,
+        poll_throttled_until: None,
         settings: Settings {
             heartbeat_period: config.heartbeat_period,
             rotation_period: config.rotation_period,
             disconnect_after: config.connectivity.disconnect_after,
             credentials_secret: (loc.name.clone(), loc.namespace.clone()),
+            max_retry_after: config.backoff.max_retry_after,
         },
         outcomes: Outcomes::default(),
     };
