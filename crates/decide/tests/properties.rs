@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use vworkspace_api::keys;
 use vworkspace_api::operation::{Operation, OperationType, Phase};
 use vworkspace_decide::approval::{self, Binding};
-use vworkspace_decide::operation::{self, Config, Decision, Observed, blocked_by, conflict};
+use vworkspace_decide::operation::{
+    self, Config, Decision, Observed, blocked_by, conflict, validate,
+};
 
 /// Cases per approval property.
 const CLAIM_CASES: u32 = 1000;
@@ -286,5 +288,26 @@ proptest! {
         prop_assert!(!matches!(plan.decision, Decision::Block(_)), "{:?}", plan.decision);
         let phase = plan.status.as_ref().and_then(|s| s.phase);
         prop_assert_ne!(phase, Some(Phase::Pending));
+    }
+
+    /// Operation admission: a valid Operation with one spec field replaced by any JSON
+    /// never panics `validate` or `decide`; a refusal carries a reason and a message.
+    #[test]
+    fn an_operation_with_one_bad_field_never_panics(
+        me in peer(),
+        field in prop::sample::select(vec!["type", "engine", "parameters", "targetRef", "approvals", "timeoutSeconds", "cancel"]),
+        v in json_value(),
+    ) {
+        let op = operation(&me, "me");
+        let mut doc = serde_json::to_value(&op).unwrap();
+        doc["spec"][field] = v;
+        if let Ok(bad) = serde_json::from_value::<Operation>(doc) {
+            if let Err(b) = validate(&bad) {
+                prop_assert!(!b.reason.is_empty() && !b.message.trim().is_empty(), "{:?}", b);
+            }
+            let mut o = Observed::of(bad, Config::default());
+            o.peers = vec![op];
+            let _ = operation::decide(&o, jiff::Timestamp::from_second(1_767_225_600).unwrap());
+        }
     }
 }
