@@ -2,21 +2,21 @@
 //! Secret/ConfigMap are looked at; their values never leave the API response.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
-use tracing::warn;
+use kube::api::Api;
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
+use super::cache::Cache;
 use crate::controller::Context;
 
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
 /// Secret/ConfigMap (never their values), the children left at deletion, the
-/// release's Ingresses.
+/// release's Ingresses (from the watch's store).
 pub(super) async fn observe(
     ctx: &Context,
+    cache: &Cache,
     inst: &ApplicationInstance,
 ) -> Result<Observed, kube::Error> {
     let reads = decide::reads(inst);
@@ -31,15 +31,16 @@ pub(super) async fn observe(
         }
     }
     if let Some((ns, selector)) = &reads.ingresses {
-        o.ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_else(|e| {
-                // Endpoints are informative; a missing permission must not block delivery.
-                warn!(error = %e, "cannot list Ingresses for status.endpoints");
-                Vec::new()
-            });
+        // From the watch's store. The selector is `label=value`.
+        let (label, value) = selector.split_once('=').unwrap_or((selector, ""));
+        o.ingresses = cache
+            .ingresses
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|i| i.labels().get(label).map(String::as_str) == Some(value))
+            .map(|i| (**i).clone())
+            .collect();
     }
     Ok(o)
 }
