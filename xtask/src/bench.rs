@@ -87,6 +87,12 @@ struct Sample {
     reconciles: Option<u64>,
 }
 
+/// One materialize run and the teardown of what it made.
+struct Run {
+    materialize: Sample,
+    teardown: Sample,
+}
+
 pub fn run(args: &Args) -> Result<()> {
     if args.instances == 0 || args.reps == 0 || args.concurrency == 0 {
         bail!("--instances, --reps and --concurrency must be positive");
@@ -108,8 +114,14 @@ pub fn run(args: &Args) -> Result<()> {
         let _ = child.wait();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let samples = outcome?;
-    let report = report(args, &samples);
+    let runs = outcome?;
+    let materialized: Vec<&Sample> = runs.iter().map(|r| &r.materialize).collect();
+    let torn_down: Vec<&Sample> = runs.iter().map(|r| &r.teardown).collect();
+    let report = format!(
+        "{}\n{}",
+        report("materialize", args, &materialized),
+        report("teardown", args, &torn_down)
+    );
     println!("\n{report}");
     if args.write {
         write_docs(
@@ -129,7 +141,7 @@ async fn client(kubeconfig: &Path) -> Result<Client> {
     )?)
 }
 
-async fn drive(args: &Args, kubeconfig: &Path) -> Result<Vec<Sample>> {
+async fn drive(args: &Args, kubeconfig: &Path) -> Result<Vec<Run>> {
     let admin = client(kubeconfig).await?;
     let mut samples = Vec::new();
     for rep in 0..args.reps {
@@ -141,18 +153,23 @@ async fn drive(args: &Args, kubeconfig: &Path) -> Result<Vec<Sample>> {
         for who in order {
             let ns = format!("bench-{}-{rep}", who.name());
             // Each run has its own clients, so no connection pool carries over.
-            let sample = materialize(who, args, &ns, kubeconfig, &admin).await?;
-            println!(
-                "rep {rep} {:<8} {:>7.2} s  {:>5} requests{}",
-                who.name(),
-                sample.seconds,
-                sample.requests.values().sum::<u64>(),
-                sample
-                    .reconciles
-                    .map(|r| format!("  {r} reconciles"))
-                    .unwrap_or_default()
-            );
-            samples.push(sample);
+            let run = materialize_and_teardown(who, args, &ns, kubeconfig, &admin).await?;
+            for (what, sample) in [
+                ("materialize", &run.materialize),
+                ("teardown", &run.teardown),
+            ] {
+                println!(
+                    "rep {rep} {what:<11} {:<8} {:>7.2} s  {:>5} requests{}",
+                    who.name(),
+                    sample.seconds,
+                    sample.requests.values().sum::<u64>(),
+                    sample
+                        .reconciles
+                        .map(|r| format!("  {r} reconciles"))
+                        .unwrap_or_default()
+                );
+            }
+            samples.push(run);
         }
     }
     Ok(samples)
@@ -234,6 +251,12 @@ impl Watched {
         })
     }
 
+    fn gone(&self) -> bool {
+        self.instances.state().is_empty()
+            && self.releases.state().is_empty()
+            && self.repositories.state().is_empty()
+    }
+
     fn converged(&self, n: usize) -> bool {
         let current = self
             .instances
@@ -249,13 +272,13 @@ impl Watched {
     }
 }
 
-async fn materialize(
+async fn materialize_and_teardown(
     who: Who,
     args: &Args,
     ns: &str,
     kubeconfig: &Path,
     admin: &Client,
-) -> Result<Sample> {
+) -> Result<Run> {
     Api::<Namespace>::all(admin.clone())
         .create(
             &PostParams::default(),
@@ -314,19 +337,57 @@ async fn materialize(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let reconciles = match &controller {
+        Some(_) => Some(settle(&metrics, started).await),
+        None => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        }
+    };
+    let after = scrape(admin).await?;
+    let materialize = Sample {
+        who,
+        seconds,
+        requests: diff(&before, &after),
+        reconciles,
+    };
+
+    // Teardown: every instance deleted at once; done when instances and children are gone.
+    let before = after;
+    let started = Instant::now();
+    futures::stream::iter(0..args.instances)
+        .map(|i| {
+            let api = api.clone();
+            let writer = writer.clone();
+            async move {
+                let name = format!("app-{i:05}");
+                match who {
+                    Who::Operator => {
+                        api.delete(&name, &Default::default()).await?;
+                        Ok(())
+                    }
+                    Who::Baseline => baseline_delete(&writer, &api, ns, &name).await,
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    while !watched.gone() {
+        if started.elapsed() > TIMEOUT {
+            bail!(
+                "{} teardown in {ns} did not finish in {TIMEOUT:?}",
+                who.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
     let reconciles = match controller {
         Some(handle) => {
-            let mut last = reconcile_count(&metrics);
-            loop {
-                tokio::time::sleep(SETTLE).await;
-                let now = reconcile_count(&metrics);
-                if now == last || started.elapsed() > TIMEOUT {
-                    break;
-                }
-                last = now;
-            }
+            let total = settle(&metrics, started).await;
             handle.abort();
-            Some(last)
+            Some(total - materialize.reconciles.unwrap_or_default())
         }
         None => {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -334,12 +395,53 @@ async fn materialize(
         }
     };
     let after = scrape(admin).await?;
-    Ok(Sample {
-        who,
-        seconds,
-        requests: diff(&before, &after),
-        reconciles,
+    Ok(Run {
+        materialize,
+        teardown: Sample {
+            who,
+            seconds,
+            requests: diff(&before, &after),
+            reconciles,
+        },
     })
+}
+
+/// Waits until the controller has made no pass for [`SETTLE`]; returns its pass count.
+async fn settle(metrics: &Metrics, started: Instant) -> u64 {
+    let mut last = reconcile_count(metrics);
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        let now = reconcile_count(metrics);
+        if now == last || started.elapsed() > TIMEOUT {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The baseline teardown of one instance: delete its children, drop the finalizer,
+/// delete it.
+async fn baseline_delete(
+    client: &Client,
+    api: &Api<ApplicationInstance>,
+    ns: &str,
+    name: &str,
+) -> Result<()> {
+    let dp = kube::api::DeleteParams::background();
+    Api::<HelmRelease>::namespaced(client.clone(), ns)
+        .delete(name, &dp)
+        .await?;
+    Api::<HelmRepository>::namespaced(client.clone(), ns)
+        .delete(&vworkspace_operator::flux::source_name(name), &dp)
+        .await?;
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    api.delete(name, &dp).await?;
+    Ok(())
 }
 
 /// The baseline for one instance: create it, server-side-apply its chart source and
@@ -490,9 +592,9 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn report(args: &Args, samples: &[Sample]) -> String {
+fn report(scenario: &str, args: &Args, samples: &[&Sample]) -> String {
     let n = args.instances;
-    let of = |who: Who| samples.iter().filter(move |s| s.who == who);
+    let of = |who: Who| samples.iter().copied().filter(move |s| s.who == who);
     let secs = |who: Who| of(who).map(|s| s.seconds).collect::<Vec<_>>();
     let ratios: Vec<f64> = of(Who::Operator)
         .zip(of(Who::Baseline))
@@ -502,14 +604,14 @@ fn report(args: &Args, samples: &[Sample]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### materialize, {n} instances, concurrency {}, {} paired runs\n",
+        "### {scenario}, {n} instances, concurrency {}, {} paired runs\n",
         args.concurrency, args.reps
     );
     let _ = writeln!(
         out,
-        "| | median s | min–max s | writes/instance (excl. Events) | Events/instance | requests/instance | reconciles/instance |"
+        "| | median s | min–max s | writes/instance (excl. Events) | Events/instance | requests/instance | reconciles/instance | 409 conflicts (max) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for who in [Who::Baseline, Who::Operator] {
         let s = secs(who);
         let (lo, hi) = spread(&s);
@@ -519,9 +621,19 @@ fn report(args: &Args, samples: &[Sample]) -> String {
             .map(|s| per(s.requests.values().sum::<u64>().saturating_sub(n as u64)))
             .collect();
         let rc: Vec<f64> = of(who).filter_map(|s| s.reconciles.map(per)).collect();
+        let conflicts = of(who)
+            .map(|s| {
+                s.requests
+                    .iter()
+                    .filter(|((_, _, _, code), _)| code == "409")
+                    .map(|(_, v)| v)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.2} | {} | {conflicts} |",
             who.name(),
             median(s),
             lo,
@@ -547,7 +659,7 @@ fn report(args: &Args, samples: &[Sample]) -> String {
     if let Some(first) = of(Who::Operator).next() {
         let _ = writeln!(
             out,
-            "API requests of the first operator run per instance, by verb/resource (the harness's {n} instance creates excluded from the per-instance figures above, shown here):\n"
+            "API requests of the first operator run, by verb/resource (the harness's {n} instance creates or deletes are excluded from the per-instance figures above, shown here):\n"
         );
         let _ = writeln!(
             out,
@@ -568,8 +680,8 @@ fn report(args: &Args, samples: &[Sample]) -> String {
 /// Replaces (or appends) the section for this instance count in `docs/benchmarks.md`.
 fn write_docs(path: &Path, args: &Args, report: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let begin = format!("<!-- bench:materialize:{} -->", args.instances);
-    let end = format!("<!-- /bench:materialize:{} -->", args.instances);
+    let begin = format!("<!-- bench:{} -->", args.instances);
+    let end = format!("<!-- /bench:{} -->", args.instances);
     let when = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
     let section = format!(
         "{begin}\n_Measured {when} with `cargo xtask bench --instances {} --reps {} --concurrency {} --write`._\n\n{report}{end}",
