@@ -4,9 +4,9 @@
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
-use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 use super::cache::Cache;
 use crate::controller::Context;
@@ -26,7 +26,7 @@ pub(super) async fn observe(
         o.values = Some(values_state(ctx, &namespace, *kind, name, key).await?);
     }
     for child in reads.children {
-        if child_exists(ctx, &namespace, &child).await? {
+        if child_exists(cache, &namespace, &child).await? {
             o.children.push(child);
         }
     }
@@ -72,20 +72,28 @@ async fn values_state(
     })
 }
 
-async fn child_exists(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
-    let client = ctx.client.clone();
+/// Whether the store holds `child`. The stores are complete once their first list is
+/// in; until then the pass waits (a child missing from an unfilled store would let the
+/// instance go before Flux uninstalled).
+async fn child_exists(cache: &Cache, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
+    let ready = match child {
+        Child::HelmRelease(_) => cache.releases.wait_until_ready().await,
+        Child::HelmRepository(_) => cache.helm_repositories.wait_until_ready().await,
+        Child::OCIRepository(_) => cache.oci_repositories.wait_until_ready().await,
+    };
+    ready.map_err(|e| kube::Error::Service(Box::new(e)))?;
     Ok(match child {
-        Child::HelmRelease(n) => Api::<HelmRelease>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
+        Child::HelmRelease(n) => cache
+            .releases
+            .get(&ObjectRef::new(n).within(namespace))
             .is_some(),
-        Child::HelmRepository(n) => Api::<HelmRepository>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
+        Child::HelmRepository(n) => cache
+            .helm_repositories
+            .get(&ObjectRef::new(n).within(namespace))
             .is_some(),
-        Child::OCIRepository(n) => Api::<OCIRepository>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
+        Child::OCIRepository(n) => cache
+            .oci_repositories
+            .get(&ObjectRef::new(n).within(namespace))
             .is_some(),
     })
 }
