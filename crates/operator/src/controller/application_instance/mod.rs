@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -31,6 +31,10 @@ mod cache;
 mod observe;
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
+
+/// Passes at once. Each pass holds a connection to the apiserver; unbounded, a burst of
+/// new instances opened one connection (and TLS handshake) per instance.
+const CONCURRENCY: u16 = 64;
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -113,7 +117,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     .reflect(writer)
     .applied_objects()
     .predicate_filter(instance_trigger, PredicateConfig::default());
-    let controller = Controller::for_stream(primary, store.clone());
+    let controller = Controller::for_stream(primary, store.clone())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
     let (releases, releases_w) = reflector::store();
     let (helm_repositories, helm_repositories_w) = reflector::store();
     let (oci_repositories, oci_repositories_w) = reflector::store();
