@@ -59,6 +59,10 @@ pub struct Args {
     /// Write the results into docs/benchmarks.md (replacing the section of this size).
     #[arg(long)]
     pub write: bool,
+    /// Instead: the memory scenario with the operator binary (debug build) as a child
+    /// process, RSS idle and after this many instances converged.
+    #[arg(long)]
+    pub memory: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +101,10 @@ pub fn run(args: &Args) -> Result<()> {
     if args.instances == 0 || args.reps == 0 || args.concurrency == 0 {
         bail!("--instances, --reps and --concurrency must be positive");
     }
+    let operator_bin = match args.memory {
+        Some(_) => Some(build_operator()?),
+        None => None,
+    };
     let dir = std::env::temp_dir().join(format!("vworkspace-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     println!("starting the test control plane");
@@ -107,6 +115,26 @@ pub fn run(args: &Args) -> Result<()> {
         install_crds: true,
     })?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if let (Some(n), Some(bin)) = (args.memory, &operator_bin) {
+        let outcome = runtime.block_on(memory(n, args.concurrency, bin, &cluster.kubeconfig, &dir));
+        drop(runtime);
+        for child in cluster.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let report = outcome?;
+        println!("\n{report}");
+        if args.write {
+            write_section(
+                &testkit::repo_root().join("docs/benchmarks.md"),
+                &format!("memory:{n}"),
+                &format!("cargo xtask bench --memory {n} --write"),
+                &report,
+            )?;
+        }
+        return Ok(());
+    }
     let outcome = runtime.block_on(drive(args, &cluster.kubeconfig));
     drop(runtime);
     for child in cluster.children.iter_mut().rev() {
@@ -124,14 +152,179 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!("\n{report}");
     if args.write {
-        write_docs(
+        write_section(
             &testkit::repo_root().join("docs/benchmarks.md"),
-            args,
+            &args.instances.to_string(),
+            &format!(
+                "cargo xtask bench --instances {} --reps {} --concurrency {} --write",
+                args.instances, args.reps, args.concurrency
+            ),
             &report,
         )?;
         println!("written to docs/benchmarks.md");
     }
     Ok(())
+}
+
+/// Builds the operator binary (dev profile) and returns its path.
+fn build_operator() -> Result<std::path::PathBuf> {
+    let root = testkit::repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "vworkspace-operator",
+            "--bin",
+            "vworkspace-operator",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the operator failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    Ok(target.join("debug/vworkspace-operator"))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// JSON bytes of every object of kind `K` in `ns` as a store holds it (no managedFields).
+async fn cached_bytes<K>(client: &Client, ns: &str) -> Result<usize>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + k8s_openapi::serde::Serialize,
+{
+    let list = Api::<K>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    let mut total = 0;
+    for mut obj in list.items {
+        obj.meta_mut().managed_fields = None;
+        total += serde_json::to_vec(&obj)?.len();
+    }
+    Ok(total)
+}
+
+/// The memory scenario: the operator binary watching one namespace; RSS idle, then after
+/// `n` instances converged (and settled), against the JSON bytes its stores hold.
+async fn memory(
+    n: usize,
+    concurrency: usize,
+    bin: &Path,
+    kubeconfig: &Path,
+    dir: &Path,
+) -> Result<String> {
+    let admin = client(kubeconfig).await?;
+    let ns = "bench-memory";
+    for name in ["vworkspace-system", ns] {
+        Api::<Namespace>::all(admin.clone())
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name.into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    let watched = Watched::start(&admin, ns).await?;
+    let log = std::fs::File::create(dir.join("operator.log"))?;
+    let mut child = tokio::process::Command::new(bin)
+        .args(["run", "--health-probe-bind-address=127.0.0.1:0"])
+        .arg(format!("--watch-namespace={ns}"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAMESPACE", "vworkspace-system")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the operator")?;
+    let pid = child.id().context("operator exited at once")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = rss_kib(pid)?;
+    let api: Api<ApplicationInstance> = Api::namespaced(admin.clone(), ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &instance(ns, &format!("app-{i:05}"), false)?,
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    while !watched.converged(n) {
+        if started.elapsed() > TIMEOUT {
+            bail!("memory run did not converge in {TIMEOUT:?}");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the operator exited with {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let loaded = rss_kib(pid)?;
+    let _ = child.kill().await;
+    let bytes = cached_bytes::<ApplicationInstance>(&admin, ns).await?
+        + cached_bytes::<HelmRelease>(&admin, ns).await?
+        + cached_bytes::<HelmRepository>(&admin, ns).await?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### memory, {n} instances (operator binary, debug build)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| RSS idle | RSS after {n} converged | growth | JSON of the objects its stores hold | growth ÷ JSON | converged in |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} × | {seconds:.1} s |",
+        mib(idle),
+        mib(loaded),
+        mib(loaded.saturating_sub(idle)),
+        bytes as f64 / 1048576.0,
+        (loaded.saturating_sub(idle) * 1024) as f64 / bytes.max(1) as f64,
+    );
+    let _ = writeln!(
+        out,
+        "\nRSS after {n} ÷ JSON held: {:.1} ×.",
+        (loaded * 1024) as f64 / bytes.max(1) as f64
+    );
+    Ok(out)
 }
 
 async fn client(kubeconfig: &Path) -> Result<Client> {
@@ -677,16 +870,13 @@ fn report(scenario: &str, args: &Args, samples: &[&Sample]) -> String {
     out
 }
 
-/// Replaces (or appends) the section for this instance count in `docs/benchmarks.md`.
-fn write_docs(path: &Path, args: &Args, report: &str) -> Result<()> {
+/// Replaces (or appends) the section `id` in `docs/benchmarks.md`.
+fn write_section(path: &Path, id: &str, command: &str, report: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let begin = format!("<!-- bench:{} -->", args.instances);
-    let end = format!("<!-- /bench:{} -->", args.instances);
+    let begin = format!("<!-- bench:{id} -->");
+    let end = format!("<!-- /bench:{id} -->");
     let when = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
-    let section = format!(
-        "{begin}\n_Measured {when} with `cargo xtask bench --instances {} --reps {} --concurrency {} --write`._\n\n{report}{end}",
-        args.instances, args.reps, args.concurrency
-    );
+    let section = format!("{begin}\n_Measured {when} with `{command}`._\n\n{report}{end}");
     let updated = match (text.find(&begin), text.find(&end)) {
         (Some(b), Some(e)) if e > b => {
             format!("{}{}{}", &text[..b], section, &text[e + end.len()..])
