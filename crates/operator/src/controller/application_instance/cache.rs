@@ -65,6 +65,10 @@ pub(super) fn desired_hash(obj: &impl serde::Serialize) -> u64 {
 /// The fields of a child a pass reacts to.
 pub(super) trait Reacts: Resource<DynamicType = ()> {
     const KIND: Kind;
+    /// Drops what no pass reads before the object reaches the store.
+    fn slim(&mut self) {
+        self.meta_mut().managed_fields = None;
+    }
     fn reaction(&self) -> u64 {
         hash_of(&(
             self.meta().generation,
@@ -83,6 +87,16 @@ impl Reacts for OCIRepository {
 
 impl Reacts for HelmRelease {
     const KIND: Kind = Kind::HelmRelease;
+    /// A pass reads Flux's conditions, observed generation and `spec.suspend`; the
+    /// values (possibly large) and the release history are not kept.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.values = None;
+        if let Some(status) = &mut self.status {
+            status.history = None;
+            status.last_attempted_revision = None;
+        }
+    }
     /// The instance's conditions follow Flux's observed generation and conditions.
     fn reaction(&self) -> u64 {
         let status = self.status.as_ref();

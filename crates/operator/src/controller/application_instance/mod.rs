@@ -47,9 +47,13 @@ where
     }
 }
 
-/// Drops what no decision reads before an object reaches a store.
-fn strip<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// Drops what no decision reads before an instance reaches the store: managedFields
+/// and kubectl's copy of the last applied object.
+fn strip(inst: &mut ApplicationInstance) {
+    inst.metadata.managed_fields = None;
+    if let Some(a) = &mut inst.metadata.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// The instance changes a pass acts on: spec (generation), deletion, labels and
@@ -85,7 +89,7 @@ where
 {
     watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(strip)
+        .modify(K::slim)
         .reflect(writer)
         .filter_map(move |event| {
             let out = match event {
