@@ -111,15 +111,22 @@ async fn apply(
         }
     };
     let stale = decide::stale_source(children);
+    // Stored, or applied by an earlier pass and not yet in the store.
     let present = match &stale {
-        Child::HelmRepository(n) => cache
-            .helm_repositories
-            .get(&ObjectRef::new(n).within(&namespace))
-            .is_some(),
-        Child::OCIRepository(n) => cache
-            .oci_repositories
-            .get(&ObjectRef::new(n).within(&namespace))
-            .is_some(),
+        Child::HelmRepository(n) => {
+            cache
+                .helm_repositories
+                .get(&ObjectRef::new(n).within(&namespace))
+                .is_some()
+                || cache.applied::<HelmRepository>(&namespace, n)
+        }
+        Child::OCIRepository(n) => {
+            cache
+                .oci_repositories
+                .get(&ObjectRef::new(n).within(&namespace))
+                .is_some()
+                || cache.applied::<OCIRepository>(&namespace, n)
+        }
         Child::HelmRelease(_) => false,
     };
     if present {

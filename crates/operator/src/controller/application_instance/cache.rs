@@ -190,6 +190,15 @@ impl Cache {
             .then(|| (*live).clone())
     }
 
+    /// Whether a pass applied this child and no deletion of it has been seen since: the
+    /// store may not show it yet (its watch event still on the way).
+    pub fn applied<K: Reacts>(&self, namespace: &str, name: &str) -> bool {
+        self.with(|memo| {
+            memo.get(&key::<K>(namespace, name))
+                .is_some_and(|m| m.applied.is_some())
+        })
+    }
+
     /// Starts applying a child: its events are held until [`Applying::done`].
     pub fn applying<K: Reacts>(self: &Arc<Self>, namespace: &str, name: &str) -> Applying {
         let k = key::<K>(namespace, name);
@@ -324,6 +333,19 @@ mod tests {
                 .is_none(),
             "edited since"
         );
+    }
+
+    #[test]
+    fn an_applied_child_counts_until_its_deletion_is_seen() {
+        let (cache, _) = cache();
+        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+        cache
+            .applying::<HelmRelease>("team", "wiki")
+            .done(7, &release(1, None));
+        assert!(cache.applied::<HelmRelease>("team", "wiki"));
+        assert!(!cache.applied::<HelmRepository>("team", "wiki"), "per kind");
+        cache.forget(&release(1, None));
+        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! Secret/ConfigMap are looked at; their values never leave the API response.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Resource;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
 
-use super::cache::Cache;
+use super::cache::{Cache, Reacts};
 use crate::controller::Context;
 
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
@@ -26,7 +27,7 @@ pub(super) async fn observe(
         o.values = Some(values_state(ctx, &namespace, *kind, name, key).await?);
     }
     for child in reads.children {
-        if child_exists(cache, &namespace, &child).await? {
+        if child_exists(ctx, cache, &namespace, &child).await? {
             o.children.push(child);
         }
     }
@@ -72,28 +73,51 @@ async fn values_state(
     })
 }
 
-/// Whether the store holds `child`. The stores are complete once their first list is
-/// in; until then the pass waits (a child missing from an unfilled store would let the
-/// instance go before Flux uninstalled).
-async fn child_exists(cache: &Cache, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
-    let ready = match child {
-        Child::HelmRelease(_) => cache.releases.wait_until_ready().await,
-        Child::HelmRepository(_) => cache.helm_repositories.wait_until_ready().await,
-        Child::OCIRepository(_) => cache.oci_repositories.wait_until_ready().await,
-    };
-    ready.map_err(|e| kube::Error::Service(Box::new(e)))?;
-    Ok(match child {
-        Child::HelmRelease(n) => cache
-            .releases
-            .get(&ObjectRef::new(n).within(namespace))
-            .is_some(),
-        Child::HelmRepository(n) => cache
-            .helm_repositories
-            .get(&ObjectRef::new(n).within(namespace))
-            .is_some(),
-        Child::OCIRepository(n) => cache
-            .oci_repositories
-            .get(&ObjectRef::new(n).within(namespace))
-            .is_some(),
-    })
+/// Whether `child` exists. The store answers once its first list is in (the pass waits
+/// for that); a child a pass applied that the store does not show yet — its watch event
+/// still on the way — is asked of the apiserver, so a lagging store never lets the
+/// instance go before Flux uninstalled.
+async fn child_exists(
+    ctx: &Context,
+    cache: &Cache,
+    namespace: &str,
+    child: &Child,
+) -> Result<bool, kube::Error> {
+    match child {
+        Child::HelmRelease(n) => exists(ctx, cache, &cache.releases, namespace, n).await,
+        Child::HelmRepository(n) => {
+            exists(ctx, cache, &cache.helm_repositories, namespace, n).await
+        }
+        Child::OCIRepository(n) => exists(ctx, cache, &cache.oci_repositories, namespace, n).await,
+    }
+}
+
+async fn exists<K>(
+    ctx: &Context,
+    cache: &Cache,
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Reacts
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    if store.get(&ObjectRef::new(name).within(namespace)).is_some() {
+        return Ok(true);
+    }
+    if !cache.applied::<K>(namespace, name) {
+        return Ok(false);
+    }
+    Ok(Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .is_some())
 }
