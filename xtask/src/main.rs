@@ -1,5 +1,6 @@
 //! Developer commands for vworkspace-operator: `cargo xtask <command>`.
 
+mod bench;
 mod crdgen;
 mod demo;
 mod dev_cluster;
@@ -30,6 +31,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Benchmarks on the test control plane against a raw-client baseline (docs/benchmarks.md).
+    Bench(bench::Args),
     /// Write the CRD manifests generated from the Rust types to config/ and the chart.
     Crdgen {
         /// Fail instead of writing when a committed copy differs.
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo { hold } => demo::run(hold),
         Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Bench(args) => bench::run(&args),
         Command::Crdgen { check } => crdgen::run(check),
         Command::ControlPlane => {
             let bins = testkit::ensure_binaries()?;

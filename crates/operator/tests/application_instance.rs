@@ -655,3 +655,63 @@ async fn reconcile_selector_leaves_other_owners_alone() {
     let theirs = api.get("theirs").await.unwrap();
     assert!(theirs.status.is_none() && theirs.finalizers().is_empty());
 }
+
+/// Passes of the ApplicationInstance controller counted in `metrics`.
+fn passes(metrics: &vworkspace_operator::metrics::Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with("controller_runtime_reconcile_total{")
+                && l.contains("controller=\"applicationinstance\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn one_pass_per_change_and_no_event_for_a_neutral_first_status() {
+    let metrics = Arc::new(vworkspace_operator::metrics::Metrics::new());
+    let m = metrics.clone();
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup_with("ai-quiet", move |c| Context::new(c).with_metrics(m)).await;
+    api.create(&PostParams::default(), &plain(&ns, "wiki"))
+        .await
+        .unwrap();
+    helm_release(&hrs, "wiki").await;
+    eventually("status of the current generation", WAIT, || async {
+        let i = api.get("wiki").await.ok()?;
+        (i.status?.observed_generation == i.metadata.generation).then_some(())
+    })
+    .await;
+    // Its own finalizer, children and status writes come back as watch events; none
+    // may cause another pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(passes(&metrics), 1, "a new instance takes one pass");
+
+    // Flux reporting is a change that matters: exactly one more pass.
+    helm_controller_reports(&hrs, "wiki", "True", "InstallSucceeded", "ok")
+        .await
+        .unwrap();
+    wait_condition(&api, "wiki", "Ready", "True", "HelmReleaseReady").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(passes(&metrics), 2, "one pass for Flux's status");
+
+    // The flips (Ready to True, Reconciling to False) are Events; the neutral first
+    // conditions (Ready=Unknown, Reconciling=True, Degraded/Suspended/Blocked=False) are not.
+    let mut reasons: Vec<String> = Api::<Event>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["HelmReleaseReady", "Stable"]);
+}

@@ -34,12 +34,16 @@ impl Notice {
     }
 }
 
-/// Conditions of `new` that are new or whose status differs from `old`.
+/// Conditions of `new` whose status differs from `old`, and conditions first set in
+/// `new` in their bad state or to `True` (an outcome such as `Ready`, `Succeeded`,
+/// `Failed`, `Suspended`). A condition first set to a neutral default (`Degraded=False`,
+/// `Ready=Unknown`, the progress marker `Reconciling=True`) is no transition: publishing
+/// those made five Events per new instance.
 pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()
-        .filter(|n| {
-            !old.iter()
-                .any(|o| o.type_ == n.type_ && o.status == n.status)
+        .filter(|n| match old.iter().find(|o| o.type_ == n.type_) {
+            Some(o) => o.status != n.status,
+            None => is_warning(n) || (n.status == TRUE && n.type_ != types::RECONCILING),
         })
         .collect()
 }
@@ -128,19 +132,35 @@ mod tests {
     }
 
     #[test]
-    fn only_new_or_flipped_conditions_are_transitions() {
+    fn only_flipped_or_notable_new_conditions_are_transitions() {
         let old = [c("Ready", "False", "A"), c("Blocked", "True", "B")];
         let new = [
             c("Ready", "False", "Changed"),
             c("Blocked", "False", "Unblocked"),
             c("Degraded", "False", "Recovered"),
+            c("Suspended", "True", "ManuallySuspended"),
+            c("Failed", "True", "Boom"),
         ];
         let got: Vec<&str> = transitions(&old, &new)
             .iter()
             .map(|c| c.type_.as_str())
             .collect();
-        assert_eq!(got, ["Blocked", "Degraded"]);
+        assert_eq!(got, ["Blocked", "Suspended", "Failed"]);
         assert!(transitions(&new, &new).is_empty());
+        // First set: only a bad state or an outcome is worth an Event.
+        let first = [
+            c("Ready", "Unknown", "Reconciling"),
+            c("Reconciling", "True", "Installing"),
+            c("Degraded", "True", "Failed"),
+            c("Blocked", "False", "Unblocked"),
+        ];
+        let got: Vec<&str> = transitions(&[], &first)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(got, ["Degraded"]);
+        let ready = [c("Ready", "True", "Placeholder")];
+        assert_eq!(transitions(&[], &ready).len(), 1);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Act: applies the Flux children, deletes what deletion asks for, and writes the
 //! status, the finalizer and the events through the kit.
 
-use kube::ResourceExt;
+use std::sync::Arc;
+
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::keys;
@@ -11,12 +14,14 @@ use vworkspace_decide::flux::{ChartSource, FluxChildren};
 use vworkspace_decide::instance::{self as decide, Child, Decision, Observed, Plan};
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
+use super::cache::{Cache, Reacts, desired_hash};
 use crate::controller::Context;
 use crate::controller::kit::{AtStage, Error, HasKit, Stage};
 
 /// Executes the plan.
 pub(super) async fn act(
     ctx: &Context,
+    cache: &Arc<Cache>,
     o: &Observed,
     plan: Plan,
     now: jiff::Timestamp,
@@ -28,9 +33,15 @@ pub(super) async fn act(
         Decision::Nothing | Decision::Block { .. } | Decision::Placeholder | Decision::Applied => {}
         Decision::AddFinalizer => kit.add_finalizer(inst, finalizer).await?,
         Decision::Apply(children) => {
-            let live = apply(ctx, inst, children).await.at(Stage::Apply)?;
+            let (live, missed) = apply(ctx, cache, inst, children).await.at(Stage::Apply)?;
             let next = decide::after_apply(o, children, &live, now);
-            return finish_pass(ctx, inst, next).await;
+            let action = finish_pass(ctx, inst, next).await?;
+            // A child changed while it was being applied: look again.
+            return Ok(if missed {
+                Action::requeue(std::time::Duration::ZERO)
+            } else {
+                action
+            });
         }
         Decision::Release {
             delete,
@@ -75,35 +86,93 @@ async fn finish_pass(
         .map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Applies the chart source and the HelmRelease (server-side apply), removes a source
-/// of the other kind, and returns the live HelmRelease.
+/// Applies the chart source and the HelmRelease (server-side apply) unless the last
+/// apply of the same objects still stands, removes a source of the other kind when the
+/// store shows one, and returns the live HelmRelease and whether a child changed while
+/// it was applied.
 async fn apply(
     ctx: &Context,
+    cache: &Arc<Cache>,
     inst: &ApplicationInstance,
     children: &FluxChildren,
-) -> Result<HelmRelease, kube::Error> {
+) -> Result<(HelmRelease, bool), kube::Error> {
     let namespace = inst.namespace().unwrap_or_default();
-    let pp = PatchParams::apply(keys::FIELD_MANAGER_OPERATOR).force();
-    match &children.source {
+    let client = &ctx.client;
+    let mut missed = match &children.source {
         ChartSource::Helm(src) => {
-            Api::<HelmRepository>::namespaced(ctx.client.clone(), &namespace)
-                .patch(&src.name_any(), &pp, &Patch::Apply(src))
-                .await?;
+            ensure(client, cache, &cache.helm_repositories, &namespace, src)
+                .await?
+                .1
         }
         ChartSource::Oci(src) => {
-            Api::<OCIRepository>::namespaced(ctx.client.clone(), &namespace)
-                .patch(&src.name_any(), &pp, &Patch::Apply(src))
-                .await?;
+            ensure(client, cache, &cache.oci_repositories, &namespace, src)
+                .await?
+                .1
         }
+    };
+    let stale = decide::stale_source(children);
+    // Stored, or applied by an earlier pass and not yet in the store.
+    let present = match &stale {
+        Child::HelmRepository(n) => {
+            cache
+                .helm_repositories
+                .get(&ObjectRef::new(n).within(&namespace))
+                .is_some()
+                || cache.applied::<HelmRepository>(&namespace, n)
+        }
+        Child::OCIRepository(n) => {
+            cache
+                .oci_repositories
+                .get(&ObjectRef::new(n).within(&namespace))
+                .is_some()
+                || cache.applied::<OCIRepository>(&namespace, n)
+        }
+        Child::HelmRelease(_) => false,
+    };
+    if present {
+        delete_child(ctx, &namespace, &stale).await?;
     }
-    delete_child(ctx, &namespace, &decide::stale_source(children)).await?;
-    Api::<HelmRelease>::namespaced(ctx.client.clone(), &namespace)
-        .patch(
-            &children.helm_release.name_any(),
-            &pp,
-            &Patch::Apply(&children.helm_release),
-        )
-        .await
+    let (live, release_missed) = ensure(
+        client,
+        cache,
+        &cache.releases,
+        &namespace,
+        &children.helm_release,
+    )
+    .await?;
+    missed |= release_missed;
+    Ok((live, missed))
+}
+
+/// One child: the stored object when the last apply of `desired` still stands,
+/// otherwise the result of applying it.
+async fn ensure<K>(
+    client: &kube::Client,
+    cache: &Arc<Cache>,
+    store: &Store<K>,
+    namespace: &str,
+    desired: &K,
+) -> Result<(K, bool), kube::Error>
+where
+    K: Reacts
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let name = desired.name_any();
+    let hash = desired_hash(desired);
+    if let Some(live) = cache.unchanged(store, namespace, &name, hash) {
+        return Ok((live, false));
+    }
+    let applying = cache.applying::<K>(namespace, &name);
+    let pp = PatchParams::apply(keys::FIELD_MANAGER_OPERATOR).force();
+    let live = Api::<K>::namespaced(client.clone(), namespace)
+        .patch(&name, &pp, &Patch::Apply(desired))
+        .await?;
+    let missed = applying.done(hash, &live);
+    Ok((live, missed))
 }
 
 /// Deletes one child with background propagation; one already gone is fine.

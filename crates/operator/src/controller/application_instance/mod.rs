@@ -10,23 +10,31 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
+use vworkspace_api::keys;
+use vworkspace_decide::flux::endpoints::RELEASE_INSTANCE_LABEL;
 use vworkspace_decide::instance as decide;
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 use super::Context;
-use super::kit::{self, AtStage, Error, Stage};
+use super::kit::{self, AtStage, Error, HasKit, Stage};
 
 mod act;
+mod cache;
 mod observe;
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
+
+/// Passes at once. Each pass holds a connection to the apiserver; unbounded, a burst of
+/// new instances opened one connection (and TLS handshake) per instance.
+const CONCURRENCY: u16 = 64;
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -39,14 +47,115 @@ where
     }
 }
 
+/// Drops what no decision reads before an instance reaches the store: managedFields
+/// and kubectl's copy of the last applied object.
+fn strip(inst: &mut ApplicationInstance) {
+    inst.metadata.managed_fields = None;
+    if let Some(a) = &mut inst.metadata.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The instance changes a pass acts on: spec (generation), deletion, labels and
+/// annotations. Status and finalizer updates — our own writes — trigger nothing.
+fn instance_trigger(inst: &ApplicationInstance) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        inst.metadata.generation,
+        inst.metadata.deletion_timestamp.is_some(),
+        &inst.metadata.labels,
+        &inst.metadata.annotations,
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// A watch of child kind `K` in `namespace` feeding `writer`, yielding the objects whose
+/// change should trigger their owner's pass (see [`cache`]).
+fn child_triggers<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    cache: Arc<cache::Cache>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: cache::Reacts
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(K::slim)
+        .reflect(writer)
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    cache.triggers(&o).then_some(Ok(o))
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    cache.forget(&o);
+                    Some(Ok(o))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+}
+
 /// Runs the controller until the stream ends (shutdown signal). `namespace` limits it to
 /// one namespace; `None` watches the whole cluster.
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
-    let instances: Api<ApplicationInstance> = scoped(&client, namespace);
-    let controller = Controller::new(instances, ctx.primary_watch_config())
+    let (store, writer) = reflector::store();
+    let primary = watcher(
+        scoped::<ApplicationInstance>(&client, namespace),
+        ctx.primary_watch_config(),
+    )
+    .default_backoff()
+    .modify(strip)
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(instance_trigger, PredicateConfig::default());
+    let controller = Controller::for_stream(primary, store.clone())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .trigger_backoff(kit::TriggerBackoff::default());
-    let store = controller.store();
+    let (releases, releases_w) = reflector::store();
+    let (helm_repositories, helm_repositories_w) = reflector::store();
+    let (oci_repositories, oci_repositories_w) = reflector::store();
+    let (ingresses, ingresses_w) = reflector::store();
+    let cache = cache::Cache::new(releases, helm_repositories, oci_repositories, ingresses);
+    let instances = store.clone();
+    // An Ingress of a release changes that instance's endpoints.
+    let by_release = move |ns: Option<String>, release: Option<String>| {
+        let Some(release) = release else {
+            return Vec::new();
+        };
+        instances
+            .state()
+            .into_iter()
+            .filter(|i| i.namespace() == ns)
+            .filter(|i| i.spec.release.as_ref().is_some_and(|r| r.name == release))
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect::<Vec<_>>()
+    };
+    let ingress_events = watcher(
+        scoped::<Ingress>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|i: &mut Ingress| {
+        // Endpoints read the name, the release label and the spec's rules and TLS hosts.
+        i.metadata.managed_fields = None;
+        i.metadata.annotations = None;
+        i.status = None;
+    })
+    .reflect(ingresses_w)
+    .touched_objects();
     // Values Secrets/ConfigMaps are watched by metadata only: the operator never holds
     // their content, yet a missing one appearing unblocks the instance at once.
     let refs = move |kind: ValuesSource, ns: Option<String>, name: String| {
@@ -83,18 +192,27 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     )
     .touched_objects();
     controller
-        .owns(
+        .owns_stream(child_triggers(
             scoped::<HelmRelease>(&client, namespace),
-            watcher::Config::default(),
-        )
-        .owns(
+            releases_w,
+            cache.clone(),
+        ))
+        .owns_stream(child_triggers(
             scoped::<HelmRepository>(&client, namespace),
-            watcher::Config::default(),
-        )
-        .owns(
+            helm_repositories_w,
+            cache.clone(),
+        ))
+        .owns_stream(child_triggers(
             scoped::<OCIRepository>(&client, namespace),
-            watcher::Config::default(),
-        )
+            oci_repositories_w,
+            cache.clone(),
+        ))
+        .watches_stream(ingress_events, move |i| {
+            by_release(
+                i.namespace(),
+                i.labels().get(RELEASE_INSTANCE_LABEL).cloned(),
+            )
+        })
         .watches_stream(secrets, move |m| {
             refs(ValuesSource::SecretRef, m.namespace(), m.name_any())
         })
@@ -102,14 +220,40 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
             refs2(ValuesSource::ConfigMapRef, m.namespace(), m.name_any())
         })
         .shutdown_on_signal()
-        .run(kit::reconciler(reconcile), kit::error_policy, ctx)
+        .run(
+            kit::reconciler(move |inst, ctx| reconcile(inst, ctx, cache.clone())),
+            kit::error_policy,
+            ctx,
+        )
         .for_each(kit::report)
         .await;
 }
 
-pub async fn reconcile(inst: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    inst: Arc<ApplicationInstance>,
+    ctx: Arc<Context>,
+    cache: Arc<cache::Cache>,
+) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
-    let observed = observe::observe(&ctx, &inst).await.at(Stage::Observe)?;
-    let plan = decide::decide(&observed, now);
-    act::act(&ctx, &observed, plan, now).await
+    let mut inst = (*inst).clone();
+    let mut observed = observe::observe(&ctx, &cache, &inst)
+        .await
+        .at(Stage::Observe)?;
+    let mut plan = decide::decide(&observed, now);
+    if matches!(plan.decision, decide::Decision::AddFinalizer) {
+        // Add it and go on in the same pass: its echo triggers nothing (see
+        // `instance_trigger`), so waiting for it would leave the instance undelivered.
+        ctx.kit()
+            .add_finalizer(&inst, keys::FINALIZER_APPLICATION_INSTANCE)
+            .await?;
+        inst.metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(keys::FINALIZER_APPLICATION_INSTANCE.to_string());
+        observed = observe::observe(&ctx, &cache, &inst)
+            .await
+            .at(Stage::Observe)?;
+        plan = decide::decide(&observed, now);
+    }
+    act::act(&ctx, &cache, &observed, plan, now).await
 }

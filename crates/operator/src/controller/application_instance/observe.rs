@@ -2,21 +2,22 @@
 //! Secret/ConfigMap are looked at; their values never leave the API response.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
+use kube::Resource;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
-use tracing::warn;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
-use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
+use super::cache::{Cache, Reacts};
 use crate::controller::Context;
 
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
 /// Secret/ConfigMap (never their values), the children left at deletion, the
-/// release's Ingresses.
+/// release's Ingresses (from the watch's store).
 pub(super) async fn observe(
     ctx: &Context,
+    cache: &Cache,
     inst: &ApplicationInstance,
 ) -> Result<Observed, kube::Error> {
     let reads = decide::reads(inst);
@@ -26,20 +27,21 @@ pub(super) async fn observe(
         o.values = Some(values_state(ctx, &namespace, *kind, name, key).await?);
     }
     for child in reads.children {
-        if child_exists(ctx, &namespace, &child).await? {
+        if child_exists(ctx, cache, &namespace, &child).await? {
             o.children.push(child);
         }
     }
     if let Some((ns, selector)) = &reads.ingresses {
-        o.ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_else(|e| {
-                // Endpoints are informative; a missing permission must not block delivery.
-                warn!(error = %e, "cannot list Ingresses for status.endpoints");
-                Vec::new()
-            });
+        // From the watch's store. The selector is `label=value`.
+        let (label, value) = selector.split_once('=').unwrap_or((selector, ""));
+        o.ingresses = cache
+            .ingresses
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|i| i.labels().get(label).map(String::as_str) == Some(value))
+            .map(|i| (**i).clone())
+            .collect();
     }
     Ok(o)
 }
@@ -71,20 +73,51 @@ async fn values_state(
     })
 }
 
-async fn child_exists(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
-    let client = ctx.client.clone();
-    Ok(match child {
-        Child::HelmRelease(n) => Api::<HelmRelease>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
-            .is_some(),
-        Child::HelmRepository(n) => Api::<HelmRepository>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
-            .is_some(),
-        Child::OCIRepository(n) => Api::<OCIRepository>::namespaced(client, namespace)
-            .get_opt(n)
-            .await?
-            .is_some(),
-    })
+/// Whether `child` exists. The store answers once its first list is in (the pass waits
+/// for that); a child a pass applied that the store does not show yet — its watch event
+/// still on the way — is asked of the apiserver, so a lagging store never lets the
+/// instance go before Flux uninstalled.
+async fn child_exists(
+    ctx: &Context,
+    cache: &Cache,
+    namespace: &str,
+    child: &Child,
+) -> Result<bool, kube::Error> {
+    match child {
+        Child::HelmRelease(n) => exists(ctx, cache, &cache.releases, namespace, n).await,
+        Child::HelmRepository(n) => {
+            exists(ctx, cache, &cache.helm_repositories, namespace, n).await
+        }
+        Child::OCIRepository(n) => exists(ctx, cache, &cache.oci_repositories, namespace, n).await,
+    }
+}
+
+async fn exists<K>(
+    ctx: &Context,
+    cache: &Cache,
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Reacts
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    if store.get(&ObjectRef::new(name).within(namespace)).is_some() {
+        return Ok(true);
+    }
+    if !cache.applied::<K>(namespace, name) {
+        return Ok(false);
+    }
+    Ok(Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .is_some())
 }

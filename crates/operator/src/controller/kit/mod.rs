@@ -29,8 +29,10 @@
 //!   publishes one Event per condition transition (old vs new status) — the one event
 //!   path, with [`Kit::notice`] for named events a plan asks for;
 //! - **finalizers**: [`Kit::has_finalizer`], [`Kit::add_finalizer`],
-//!   [`Kit::remove_finalizer`] (merge patch carrying `resourceVersion`, so a concurrent
-//!   change makes the patch fail and the pass retry instead of clobbering it).
+//!   [`Kit::remove_finalizer`] (a JSON patch testing the list it replaces, so a
+//!   concurrent change of the finalizers fails the pass — retried — instead of being
+//!   clobbered, while other writes such as our own status do not; with no list yet, a
+//!   merge patch carrying `resourceVersion`).
 //!
 //! Only the error categories, the backoff schedule and the transition diff hold logic;
 //! they are unit-tested here and in `events`. The writers are proven by the integration
@@ -197,13 +199,31 @@ impl Kit {
     where
         K: Resource<DynamicType = ()> + serde::de::DeserializeOwned + Clone + std::fmt::Debug,
     {
-        // resourceVersion makes the patch fail instead of clobbering a concurrent change.
-        let patch =
-            json!({"metadata": {"finalizers": list, "resourceVersion": obj.resource_version()}});
-        status::merge_patch::<K>(&self.client, obj, &patch)
+        let current = obj.finalizers();
+        if current.is_empty() {
+            // No list to test against: resourceVersion makes the patch fail instead of
+            // clobbering a concurrent change.
+            let patch = json!({"metadata": {"finalizers": list, "resourceVersion": obj.resource_version()}});
+            return status::merge_patch::<K>(&self.client, obj, &patch)
+                .await
+                .at(Stage::Finalizer);
+        }
+        // Fails only when the finalizers changed since `obj` was read, not on any other
+        // write (our own status updates made the resourceVersion guard conflict).
+        let patch = finalizers_patch(current, &list).at(Stage::Finalizer)?;
+        status::json_patch::<K>(&self.client, obj, &patch)
             .await
             .at(Stage::Finalizer)
     }
+}
+
+/// JSON patch replacing the finalizer list `current` by `list`, if it still is `current`.
+fn finalizers_patch(current: &[String], list: &[String]) -> Result<json_patch::Patch, kube::Error> {
+    let ops = json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": current},
+        {"op": "replace", "path": "/metadata/finalizers", "value": list},
+    ]);
+    serde_json::from_value(ops).map_err(kube::Error::SerdeError)
 }
 
 /// Wraps a reconcile function with the span, the metrics and the backoff reset.
@@ -283,4 +303,23 @@ where
         "reconcile failed; will retry"
     );
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_finalizer_patch_tests_the_list_it_replaces() {
+        let current = vec!["a".to_string(), "b".to_string()];
+        let patch = finalizers_patch(&current, &["a".to_string()]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": ["a", "b"]},
+                {"op": "replace", "path": "/metadata/finalizers", "value": ["a"]},
+            ])
+        );
+    }
 }

@@ -131,6 +131,25 @@ where
     client.request::<serde_json::Value>(req).await.map(|_| ())
 }
 
+/// JSON patch (RFC 6902) of the object itself.
+pub async fn json_patch<K>(
+    client: &Client,
+    obj: &K,
+    patch: &json_patch::Patch,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let req = request(obj)
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch.clone()),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    client.request::<serde_json::Value>(req).await.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::stale_nulls;

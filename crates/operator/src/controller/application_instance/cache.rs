@@ -1,0 +1,366 @@
+//! What the controller keeps between passes: stores of the Flux children and the
+//! Ingresses (filled by the watches it already runs), and a memo per child of what the
+//! last pass applied and saw.
+//!
+//! The memo serves two purposes:
+//! - a pass skips the server-side apply of a child whose desired object equals the one it
+//!   last applied while the stored child still has the generation that apply returned;
+//! - a watch event of a child triggers a pass only when the fields a pass reacts to
+//!   (generation, deletion, Flux's observed generation and conditions) differ from what
+//!   the last pass saw, so the echo of our own apply wakes nothing. Events arriving while a
+//!   pass is applying that child are held; if one differs from what the apply returned,
+//!   the pass asks for another.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
+
+/// Which child a memo entry is about.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) enum Kind {
+    HelmRelease,
+    HelmRepository,
+    OCIRepository,
+}
+
+type Key = (Kind, String, String);
+
+#[derive(Debug, Default)]
+struct Memo {
+    /// Hash of the desired object last applied, and the generation the apply returned.
+    applied: Option<(u64, Option<i64>)>,
+    /// Reaction hash of the child as the last pass (or trigger) saw it.
+    seen: Option<u64>,
+    /// A pass is applying this child; events are held here instead of triggering.
+    in_flight: bool,
+    held: Option<u64>,
+}
+
+/// Stores and memo shared by the watches and the passes.
+pub(super) struct Cache {
+    pub releases: Store<HelmRelease>,
+    pub helm_repositories: Store<HelmRepository>,
+    pub oci_repositories: Store<OCIRepository>,
+    pub ingresses: Store<Ingress>,
+    memo: Mutex<HashMap<Key, Memo>>,
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// Hash of a desired object as it would be sent (its JSON).
+pub(super) fn desired_hash(obj: &impl serde::Serialize) -> u64 {
+    hash_of(&serde_json::to_string(obj).unwrap_or_default())
+}
+
+/// The fields of a child a pass reacts to.
+pub(super) trait Reacts: Resource<DynamicType = ()> {
+    const KIND: Kind;
+    /// Drops what no pass reads before the object reaches the store.
+    fn slim(&mut self) {
+        self.meta_mut().managed_fields = None;
+    }
+    fn reaction(&self) -> u64 {
+        hash_of(&(
+            self.meta().generation,
+            self.meta().deletion_timestamp.is_some(),
+        ))
+    }
+}
+
+impl Reacts for HelmRepository {
+    const KIND: Kind = Kind::HelmRepository;
+}
+
+impl Reacts for OCIRepository {
+    const KIND: Kind = Kind::OCIRepository;
+}
+
+impl Reacts for HelmRelease {
+    const KIND: Kind = Kind::HelmRelease;
+    /// A pass reads Flux's conditions, observed generation and `spec.suspend`; the
+    /// values (possibly large) and the release history are not kept.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.values = None;
+        if let Some(status) = &mut self.status {
+            status.history = None;
+            status.last_attempted_revision = None;
+        }
+    }
+    /// The instance's conditions follow Flux's observed generation and conditions.
+    fn reaction(&self) -> u64 {
+        let status = self.status.as_ref();
+        let conditions: Vec<(&str, &str, &str, &str)> = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_str(),
+                    c.message.as_str(),
+                )
+            })
+            .collect();
+        hash_of(&(
+            self.metadata.generation,
+            self.metadata.deletion_timestamp.is_some(),
+            status.and_then(|s| s.observed_generation),
+            conditions,
+        ))
+    }
+}
+
+fn key<K: Reacts>(namespace: &str, name: &str) -> Key {
+    (K::KIND, namespace.to_string(), name.to_string())
+}
+
+impl Cache {
+    pub fn new(
+        releases: Store<HelmRelease>,
+        helm_repositories: Store<HelmRepository>,
+        oci_repositories: Store<OCIRepository>,
+        ingresses: Store<Ingress>,
+    ) -> Arc<Self> {
+        Arc::new(Cache {
+            releases,
+            helm_repositories,
+            oci_repositories,
+            ingresses,
+            memo: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Key, Memo>) -> T) -> T {
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut memo)
+    }
+
+    /// Whether a watch event of `obj` should trigger a pass (see the module comment).
+    pub fn triggers<K: Reacts>(&self, obj: &K) -> bool {
+        let reaction = obj.reaction();
+        let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        self.with(|memo| {
+            let m = memo.entry(k).or_default();
+            if m.in_flight {
+                m.held = Some(reaction);
+                return false;
+            }
+            if m.seen == Some(reaction) {
+                return false;
+            }
+            m.seen = Some(reaction);
+            true
+        })
+    }
+
+    /// A deleted child: forget it (its deletion always triggers).
+    pub fn forget<K: Reacts>(&self, obj: &K) {
+        let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        self.with(|memo| memo.remove(&k));
+    }
+
+    /// The stored child when the last apply of exactly `desired` still stands: the same
+    /// desired hash and the stored object still at the generation that apply returned.
+    pub fn unchanged<K: Reacts + Clone>(
+        &self,
+        store: &Store<K>,
+        namespace: &str,
+        name: &str,
+        desired: u64,
+    ) -> Option<K> {
+        let applied =
+            self.with(|memo| memo.get(&key::<K>(namespace, name)).and_then(|m| m.applied))?;
+        let live = store.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))?;
+        (applied == (desired, live.meta().generation) && live.meta().deletion_timestamp.is_none())
+            .then(|| (*live).clone())
+    }
+
+    /// Whether a pass applied this child and no deletion of it has been seen since: the
+    /// store may not show it yet (its watch event still on the way).
+    pub fn applied<K: Reacts>(&self, namespace: &str, name: &str) -> bool {
+        self.with(|memo| {
+            memo.get(&key::<K>(namespace, name))
+                .is_some_and(|m| m.applied.is_some())
+        })
+    }
+
+    /// Starts applying a child: its events are held until [`Applying::done`].
+    pub fn applying<K: Reacts>(self: &Arc<Self>, namespace: &str, name: &str) -> Applying {
+        let k = key::<K>(namespace, name);
+        self.with(|memo| {
+            let m = memo.entry(k.clone()).or_default();
+            m.in_flight = true;
+            m.held = None;
+        });
+        Applying {
+            cache: self.clone(),
+            key: Some(k),
+        }
+    }
+}
+
+/// A child being applied; dropping it without [`Applying::done`] (a failed apply) lets
+/// events trigger again and forgets what was applied.
+pub(super) struct Applying {
+    cache: Arc<Cache>,
+    key: Option<Key>,
+}
+
+impl Applying {
+    /// Records the apply of `desired` that returned `live`; true when an event held
+    /// meanwhile showed a change the apply result does not include.
+    pub fn done<K: Reacts>(mut self, desired: u64, live: &K) -> bool {
+        let Some(k) = self.key.take() else {
+            return false;
+        };
+        let reaction = live.reaction();
+        self.cache.with(|memo| {
+            let m = memo.entry(k).or_default();
+            m.in_flight = false;
+            m.applied = Some((desired, live.meta().generation));
+            m.seen = Some(reaction);
+            m.held.take().is_some_and(|h| h != reaction)
+        })
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.cache.with(|memo| {
+                if let Some(m) = memo.get_mut(&k) {
+                    m.in_flight = false;
+                    m.applied = None;
+                    m.held = None;
+                    m.seen = None;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn release(generation: i64, ready: Option<&str>) -> HelmRelease {
+        let mut v = serde_json::json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "wiki", "namespace": "team", "generation": generation},
+            "spec": {"interval": "5m"}
+        });
+        if let Some(s) = ready {
+            v["status"] = serde_json::json!({"observedGeneration": generation, "conditions": [
+                {"type": "Ready", "status": s, "reason": "R", "message": "",
+                 "lastTransitionTime": "2026-12-01T00:00:00Z"}]});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cache() -> (Arc<Cache>, store::Writer<HelmRelease>) {
+        let (releases, w) = store();
+        let cache = Cache::new(releases, store().0, store().0, store().0);
+        (cache, w)
+    }
+
+    #[test]
+    fn the_echo_of_our_own_apply_triggers_nothing_but_flux_status_does() {
+        let (cache, _) = cache();
+        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        // The echo may arrive before the apply's answer: held, not a trigger.
+        assert!(!cache.triggers(&release(1, None)));
+        assert!(!applying.done(7, &release(1, None)));
+        // ... or after it: the same as what the pass saw.
+        assert!(!cache.triggers(&release(1, None)));
+        // Flux reports: a change a pass maps.
+        assert!(cache.triggers(&release(1, Some("True"))));
+        assert!(!cache.triggers(&release(1, Some("True"))));
+    }
+
+    #[test]
+    fn a_change_held_during_the_apply_asks_for_another_pass() {
+        let (cache, _) = cache();
+        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        assert!(!cache.triggers(&release(1, Some("False"))));
+        assert!(applying.done(7, &release(1, None)));
+    }
+
+    #[test]
+    fn an_apply_is_skipped_only_while_it_still_stands() {
+        let (cache, mut w) = cache();
+        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        applying.done(7, &release(1, None));
+        assert!(
+            cache
+                .unchanged(&cache.releases, "team", "wiki", 7)
+                .is_none(),
+            "not stored yet"
+        );
+        w.apply_watcher_event(&Event::Apply(release(1, None)));
+        assert!(
+            cache
+                .unchanged(&cache.releases, "team", "wiki", 7)
+                .is_some()
+        );
+        assert!(
+            cache
+                .unchanged(&cache.releases, "team", "wiki", 8)
+                .is_none(),
+            "desired changed"
+        );
+        w.apply_watcher_event(&Event::Apply(release(2, None)));
+        assert!(
+            cache
+                .unchanged(&cache.releases, "team", "wiki", 7)
+                .is_none(),
+            "edited since"
+        );
+    }
+
+    #[test]
+    fn an_applied_child_counts_until_its_deletion_is_seen() {
+        let (cache, _) = cache();
+        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+        cache
+            .applying::<HelmRelease>("team", "wiki")
+            .done(7, &release(1, None));
+        assert!(cache.applied::<HelmRelease>("team", "wiki"));
+        assert!(!cache.applied::<HelmRepository>("team", "wiki"), "per kind");
+        cache.forget(&release(1, None));
+        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+    }
+
+    #[test]
+    fn a_failed_apply_forgets_what_was_applied() {
+        let (cache, mut w) = cache();
+        cache
+            .applying::<HelmRelease>("team", "wiki")
+            .done(7, &release(1, None));
+        w.apply_watcher_event(&Event::Apply(release(1, None)));
+        drop(cache.applying::<HelmRelease>("team", "wiki"));
+        assert!(
+            cache
+                .unchanged(&cache.releases, "team", "wiki", 7)
+                .is_none()
+        );
+        assert!(cache.triggers(&release(1, None)));
+    }
+}
