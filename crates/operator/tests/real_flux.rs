@@ -177,11 +177,11 @@ async fn http_chart_installs_runs_pods_upgrades_runs_operations_and_uninstalls()
 #[tokio::test]
 async fn oci_chart_with_values_from_a_secret_rerenders_and_upgrades_by_operation() {
     let s = Scenario::start("real-oci").await;
-    // helm-controller watches values Secrets that carry Flux's watch label; without it
-    // an edit is applied only at the next interval (docs/real-controllers.md).
+    // No Flux watch label on the Secret: helm-controller alone would apply an edit only at
+    // its next interval (5 min); the operator asks it to render again at once.
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "shop-values", "labels": {"reconcile.fluxcd.io/watch": "Enabled"}},
+        "metadata": {"name": "shop-values"},
         "stringData": {"values.yaml": "greeting: from-secret\n"}
     }))
     .unwrap();
@@ -254,7 +254,22 @@ async fn oci_chart_with_values_from_a_secret_rerenders_and_upgrades_by_operation
         ("0.1.0", "0.2.0")
     );
     let version = s.wait_config("shop-config", "chartVersion", |_| true).await;
-    assert!(version.starts_with("0.2.0+"), "{version}");
+    let hr = s
+        .api::<vworkspace_operator::kinds::flux::HelmRelease>()
+        .get("shop")
+        .await
+        .unwrap();
+    let oci = s
+        .api::<vworkspace_operator::kinds::flux::OCIRepository>()
+        .get_opt("shop")
+        .await
+        .unwrap();
+    assert!(
+        version.starts_with("0.2.0+"),
+        "{version}\nHR: {}\nOCI: {}",
+        serde_json::to_string(&hr).unwrap(),
+        serde_json::to_string(&oci).unwrap()
+    );
 }
 
 #[tokio::test]

@@ -59,13 +59,23 @@ fn exact_version(v: &str) -> Option<&str> {
 /// When Flux's latest release is not of the version the instance wants: a message.
 fn version_pending(hr: &HelmRelease, desired: Option<&str>) -> Option<String> {
     let desired = exact_version(desired?)?;
-    let installed = hr
+    let latest = hr
         .status
         .as_ref()
         .and_then(|s| s.history.as_ref())
-        .and_then(|h| h.first())
-        .and_then(|snap| snap.chart_version.clone())?;
+        .and_then(|h| h.first())?;
+    let installed = latest.chart_version.clone()?;
+    // helm-controller records the release before Helm has applied it
+    // (`pending-install`/`pending-upgrade`): the chart's objects may still be the old ones.
+    let in_progress = latest
+        .status
+        .as_deref()
+        .is_some_and(|st| st.starts_with("pending"));
     match exact_version(&installed) {
+        Some(v) if v == desired && in_progress => Some(format!(
+            "Flux is releasing chart version {desired} ({})",
+            latest.status.as_deref().unwrap_or_default()
+        )),
         Some(v) if v == desired => None,
         _ => Some(format!(
             "Flux has not released chart version {desired} yet (latest release: {installed})"
@@ -537,6 +547,19 @@ mod tests {
         );
         assert!(ready.message.contains("0.2.0"), "{}", ready.message);
         assert_eq!(get(&newer, types::RECONCILING).status, TRUE);
+        // Recorded but not applied yet: not Ready at the new version.
+        release.status.as_mut().unwrap().history = Some(vec![crate::kinds::flux::Snapshot {
+            chart_version: Some("0.2.0+1c2d3e4f5a6b".into()),
+            status: Some("pending-upgrade".into()),
+        }]);
+        let pending = release_conditions(Some(&release), Some("0.2.0"));
+        assert_eq!(get(&pending, types::READY).status, UNKNOWN);
+        release.status.as_mut().unwrap().history = Some(vec![crate::kinds::flux::Snapshot {
+            chart_version: Some("0.2.0+1c2d3e4f5a6b".into()),
+            status: Some("deployed".into()),
+        }]);
+        let deployed = release_conditions(Some(&release), Some("0.2.0"));
+        assert_eq!(get(&deployed, types::READY).status, TRUE);
         // A range cannot be compared: Flux's Ready decides.
         let range = release_conditions(Some(&release), Some(">=0.1.0"));
         assert_eq!(get(&range, types::READY).status, TRUE);

@@ -79,6 +79,9 @@ pub struct Observed {
     pub inst: ApplicationInstance,
     /// The state of the referenced values Secret/ConfigMap (`None`: none referenced).
     pub values: Option<ValuesState>,
+    /// `metadata.resourceVersion` of that Secret/ConfigMap when it exists: never its
+    /// content, only a marker that moves with every edit.
+    pub values_revision: Option<String>,
     /// Those of [`Reads::children`] that still exist.
     pub children: Vec<Child>,
     /// Ingresses of the release (for `status.endpoints`).
@@ -90,6 +93,7 @@ impl Observed {
         Observed {
             inst,
             values: None,
+            values_revision: None,
             children: Vec::new(),
             ingresses: Vec::new(),
         }
@@ -295,9 +299,34 @@ pub fn decide(o: &Observed, now: jiff::Timestamp) -> Plan {
         return blocked(draft, r::WAITING_FOR_SECRET, message);
     }
     match desired_children(inst) {
-        Ok(children) => Plan::only(Decision::Apply(Box::new(children))),
+        Ok(mut children) => {
+            request_values_reread(&mut children, o.values_revision.as_deref());
+            Plan::only(Decision::Apply(Box::new(children)))
+        }
         Err(message) => blocked(draft, r::VALIDATION_FAILED, message),
     }
+}
+
+/// Flux's annotation asking helm-controller for a reconcile when its value changes.
+pub const RECONCILE_REQUEST_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
+
+/// helm-controller re-reads `valuesFrom` only on its interval or when the Secret/ConfigMap
+/// carries its watch label (`reconcile.fluxcd.io/watch: Enabled`); the operator must not
+/// relabel a user's Secret, so it asks for a reconcile instead, keyed by the source's
+/// resourceVersion: every edit of the values re-renders the release at once.
+fn request_values_reread(children: &mut FluxChildren, revision: Option<&str>) {
+    let Some(revision) = revision else {
+        return;
+    };
+    children
+        .helm_release
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            RECONCILE_REQUEST_ANNOTATION.to_string(),
+            format!("values-{revision}"),
+        );
 }
 
 fn blocked(mut draft: Draft, reason: &'static str, message: String) -> Plan {

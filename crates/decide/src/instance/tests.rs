@@ -514,3 +514,33 @@ fn a_deleted_instance_without_our_finalizer_is_left_alone() {
     assert!(reads(&o.inst).children.is_empty());
     assert!(matches!(decide(&o, now()).decision, Decision::Nothing));
 }
+
+#[test]
+fn an_edit_of_the_values_source_asks_flux_to_render_again() {
+    let helm_release_of = |revision: Option<&str>, values: Value| {
+        let mut v = managed();
+        v["spec"]["values"] = values;
+        let mut o = world(v);
+        o.values = Some(ValuesState::Present);
+        o.values_revision = revision.map(str::to_string);
+        match decide(&o, now()).decision {
+            Decision::Apply(children) => children.helm_release,
+            other => panic!("expected Apply, got {other:?}"),
+        }
+    };
+    let secret = json!({"source": "secretRef", "secretRef": {"name": "s", "key": "k"}});
+    let requested = |hr: &crate::kinds::flux::HelmRelease| {
+        hr.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::instance::RECONCILE_REQUEST_ANNOTATION))
+            .cloned()
+    };
+    let before = helm_release_of(Some("41"), secret.clone());
+    let after = helm_release_of(Some("42"), secret);
+    assert_eq!(requested(&before).as_deref(), Some("values-41"));
+    assert_eq!(requested(&after).as_deref(), Some("values-42"));
+    // Inline values change the HelmRelease spec itself: nothing to request.
+    let inline = helm_release_of(None, json!({"source": "inline", "inline": {"a": 1}}));
+    assert_eq!(requested(&inline), None);
+}

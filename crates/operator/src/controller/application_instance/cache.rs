@@ -87,13 +87,16 @@ impl Reacts for OCIRepository {
 
 impl Reacts for HelmRelease {
     const KIND: Kind = Kind::HelmRelease;
-    /// A pass reads Flux's conditions, observed generation and `spec.suspend`; the
-    /// values (possibly large) and the release history are not kept.
+    /// A pass reads Flux's conditions, observed generation, `spec.suspend` and the latest
+    /// release (the chart version Flux released: an OCI upgrade moves nothing else); the
+    /// values (possibly large) and older releases are not kept.
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
         self.spec.values = None;
         if let Some(status) = &mut self.status {
-            status.history = None;
+            if let Some(history) = &mut status.history {
+                history.truncate(1);
+            }
             status.last_attempted_revision = None;
         }
     }
@@ -113,11 +116,16 @@ impl Reacts for HelmRelease {
                 )
             })
             .collect();
+        let latest = status
+            .and_then(|s| s.history.as_ref())
+            .and_then(|h| h.first())
+            .map(|snap| (snap.chart_version.as_deref(), snap.status.as_deref()));
         hash_of(&(
             self.metadata.generation,
             self.metadata.deletion_timestamp.is_some(),
             status.and_then(|s| s.observed_generation),
             conditions,
+            latest,
         ))
     }
 }
@@ -362,5 +370,33 @@ mod tests {
                 .is_none()
         );
         assert!(cache.triggers(&release(1, None)));
+    }
+
+    #[test]
+    fn the_latest_release_survives_slimming_and_a_new_one_is_a_trigger() {
+        use crate::kinds::flux::Snapshot;
+        let snap = |v: &str, st: &str| Snapshot {
+            chart_version: Some(v.into()),
+            status: Some(st.into()),
+        };
+        let with_history = |h: Vec<Snapshot>| {
+            let mut r = release(1, Some("True"));
+            r.status.as_mut().unwrap().history = Some(h);
+            r
+        };
+        let mut stored = with_history(vec![
+            snap("0.2.0+b", "deployed"),
+            snap("0.1.0+a", "superseded"),
+        ]);
+        stored.slim();
+        assert_eq!(
+            stored.status.as_ref().unwrap().history,
+            Some(vec![snap("0.2.0+b", "deployed")]),
+            "the mapping compares the latest release with the wanted version"
+        );
+        // An OCI upgrade changes only the history: that must start a pass.
+        let before = with_history(vec![snap("0.1.0+a", "deployed")]);
+        let after = with_history(vec![snap("0.2.0+b", "deployed")]);
+        assert_ne!(before.reaction(), after.reaction());
     }
 }

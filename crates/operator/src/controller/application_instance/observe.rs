@@ -24,7 +24,9 @@ pub(super) async fn observe(
     let namespace = inst.namespace().unwrap_or_default();
     let mut o = Observed::of(inst.clone());
     if let Some((kind, name, key)) = &reads.values {
-        o.values = Some(values_state(ctx, &namespace, *kind, name, key).await?);
+        let (state, revision) = values_state(ctx, &namespace, *kind, name, key).await?;
+        o.values = Some(state);
+        o.values_revision = revision;
     }
     for child in reads.children {
         if child_exists(ctx, cache, &namespace, &child).await? {
@@ -52,24 +54,28 @@ async fn values_state(
     kind: ValuesSource,
     name: &str,
     key: &str,
-) -> Result<ValuesState, kube::Error> {
-    let has_key = match kind {
+) -> Result<(ValuesState, Option<String>), kube::Error> {
+    let found = match kind {
         ValuesSource::SecretRef => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await?
             .map(|s| {
-                s.data.as_ref().is_some_and(|d| d.contains_key(key))
-                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+                let has = s.data.as_ref().is_some_and(|d| d.contains_key(key))
+                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(key));
+                (has, s.metadata.resource_version)
             }),
         _ => Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await?
-            .map(|c| c.data.as_ref().is_some_and(|d| d.contains_key(key))),
+            .map(|c| {
+                let has = c.data.as_ref().is_some_and(|d| d.contains_key(key));
+                (has, c.metadata.resource_version)
+            }),
     };
-    Ok(match has_key {
-        None => ValuesState::Missing,
-        Some(false) => ValuesState::KeyMissing,
-        Some(true) => ValuesState::Present,
+    Ok(match found {
+        None => (ValuesState::Missing, None),
+        Some((false, _)) => (ValuesState::KeyMissing, None),
+        Some((true, revision)) => (ValuesState::Present, revision),
     })
 }
 
