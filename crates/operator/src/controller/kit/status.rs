@@ -118,17 +118,7 @@ pub async fn merge_patch<K>(
 where
     K: Resource<DynamicType = ()>,
 {
-    let req = request(obj)
-        .patch(
-            &obj.name_any(),
-            &PatchParams {
-                field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(patch),
-        )
-        .map_err(kube::Error::BuildRequest)?;
-    client.request::<serde_json::Value>(req).await.map(|_| ())
+    patch_object(client, obj, &Patch::Merge(patch)).await
 }
 
 /// JSON patch (RFC 6902) of the object itself.
@@ -140,12 +130,21 @@ pub async fn json_patch<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    patch_object(client, obj, &Patch::<()>::Json(patch.clone())).await
+}
+
+/// Patches the object itself, naming the operator's field manager.
+async fn patch_object<K, P>(client: &Client, obj: &K, patch: &Patch<P>) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()>,
+    P: serde::Serialize + std::fmt::Debug,
+{
+    let pp = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER_OPERATOR.into()),
+        ..PatchParams::default()
+    };
     let req = request(obj)
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch.clone()),
-        )
+        .patch(&obj.name_any(), &pp, patch)
         .map_err(kube::Error::BuildRequest)?;
     client.request::<serde_json::Value>(req).await.map(|_| ())
 }
