@@ -230,13 +230,7 @@ mod tests {
     use super::*;
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "snap", "namespace": "team-a", "uid": "u-7"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "Backup", "engine": "csiSnapshot", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("snap", "u-7", "Backup", "csiSnapshot", params)
     }
 
     fn target(release: Option<&str>) -> ApplicationInstance {

@@ -268,13 +268,7 @@ mod tests {
     use super::*;
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "up", "namespace": "team-a", "uid": "u-4"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "Upgrade", "engine": "helm", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("up", "u-4", "Upgrade", "helm", params)
     }
 
     fn inst(status: Value) -> ApplicationInstance {

@@ -373,13 +373,7 @@ mod tests {
     }
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "mig", "namespace": "team-a", "uid": "u-5"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "Migration", "engine": "helmHookJob", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("mig", "u-5", "Migration", "helmHookJob", params)
     }
 
     fn secret(name: &str, status: &str) -> Secret {

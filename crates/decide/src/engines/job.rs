@@ -189,13 +189,7 @@ mod tests {
     use super::*;
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "du", "namespace": "team-a", "uid": "u-2"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "RunCommand", "engine": "job", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("du", "u-2", "RunCommand", "job", params)
     }
 
     #[test]

@@ -257,3 +257,22 @@ impl EngineStatus {
         !matches!(self, EngineStatus::Running(_))
     }
 }
+
+/// An Operation in namespace `team-a` against ApplicationInstance `wiki`, for the engines'
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn test_operation(
+    name: &str,
+    uid: &str,
+    type_: &str,
+    engine: &str,
+    params: serde_json::Value,
+) -> Operation {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+        "metadata": {"name": name, "namespace": "team-a", "uid": uid},
+        "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
+                 "type": type_, "engine": engine, "parameters": params}
+    }))
+    .expect("a valid test Operation")
+}

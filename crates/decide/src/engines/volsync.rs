@@ -164,13 +164,7 @@ mod tests {
     use vworkspace_api::keys;
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "rep", "namespace": "team-a", "uid": "u-6"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "Backup", "engine": "volsync", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("rep", "u-6", "Backup", "volsync", params)
     }
 
     #[test]

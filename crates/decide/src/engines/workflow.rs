@@ -215,13 +215,7 @@ mod tests {
     use vworkspace_api::keys;
 
     fn op(params: Value) -> Operation {
-        serde_json::from_value(json!({
-            "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
-            "metadata": {"name": "rb", "namespace": "team-a", "uid": "u-3"},
-            "spec": {"targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "wiki"},
-                     "type": "Runbook", "engine": "workflow", "parameters": params}
-        }))
-        .unwrap()
+        crate::engines::test_operation("rb", "u-3", "Runbook", "workflow", params)
     }
 
     #[test]
