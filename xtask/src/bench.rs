@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -239,18 +238,7 @@ async fn memory(
     let admin = client(kubeconfig).await?;
     let ns = "bench-memory";
     for name in ["vworkspace-system", ns] {
-        Api::<Namespace>::all(admin.clone())
-            .create(
-                &PostParams::default(),
-                &Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(name.into()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .await?;
+        testkit::fixtures::create_namespace(&admin, name).await?;
     }
     let watched = Watched::start(&admin, ns).await?;
     let log = std::fs::File::create(dir.join("operator.log"))?;
@@ -474,19 +462,7 @@ async fn materialize_and_teardown(
     kubeconfig: &Path,
     admin: &Client,
 ) -> Result<Run> {
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("creating namespace {ns}"))?;
+    testkit::fixtures::create_namespace(admin, ns).await?;
     let watched = Watched::start(admin, ns).await?;
     let metrics = Arc::new(Metrics::new());
     let controller = match who {
