@@ -61,6 +61,26 @@ pub fn validate_application_instance(
         r.as_ref()
             .is_some_and(|r| !r.name.is_empty() && !r.key.is_empty())
     };
+    // Exactly one values source: a stale sibling would silently be ignored.
+    for (field, set, source) in [
+        ("inline", values.inline.is_some(), ValuesSource::Inline),
+        (
+            "secretRef",
+            values.secret_ref.is_some(),
+            ValuesSource::SecretRef,
+        ),
+        (
+            "configMapRef",
+            values.config_map_ref.is_some(),
+            ValuesSource::ConfigMapRef,
+        ),
+    ] {
+        if set && values.source != source {
+            return Err(format!(
+                "spec.values.{field} must not be set unless spec.values.source is {field}"
+            ));
+        }
+    }
     match values.source {
         ValuesSource::Inline if values.inline.is_none() => {
             Err("spec.values.inline is required when source is inline".into())
@@ -206,6 +226,23 @@ mod tests {
                 .unwrap_err()
                 .contains("secretRef name and key")
         );
+    }
+
+    #[test]
+    fn exactly_one_values_source() {
+        let mut s = managed();
+        s.values.as_mut().unwrap().secret_ref = Some(KeyRef {
+            name: "v".into(),
+            key: "values.yaml".into(),
+        });
+        assert_eq!(
+            validate_application_instance(&s, "team1").unwrap_err(),
+            "spec.values.secretRef must not be set unless spec.values.source is secretRef"
+        );
+        let values = s.values.as_mut().unwrap();
+        values.source = ValuesSource::SecretRef;
+        values.inline = None;
+        assert_eq!(validate_application_instance(&s, "team1"), Ok(()));
     }
 
     #[test]
