@@ -13,4 +13,5 @@ pub mod engines;
 pub mod flux;
 pub mod instance;
 pub mod kinds;
+pub mod namespace_policy;
 pub mod operation;
