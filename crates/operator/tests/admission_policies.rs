@@ -957,3 +957,55 @@ async fn kubectl_apply_prints_one_actionable_line() {
         eprintln!("kubectl: {}", lines[0]);
     }
 }
+
+/// The API server type-checks policy expressions against the CRD schemas and reports
+/// problems in the policy status: a shipped policy has none.
+#[tokio::test]
+async fn policies_type_check_against_the_crds() {
+    let ns = namespace("vap-typecheck", true, true, &[]).await;
+    // The controller that writes the verdict runs in kube-controller-manager, which the
+    // light profile starts without it: run a second instance with only this controller.
+    let cp = ControlPlane::get().await.unwrap();
+    let log =
+        std::fs::File::create(cp.dir.join(format!("kcm-vap-status-{}.log", ns.name))).unwrap();
+    let child = std::process::Command::new(cp.bin_dir.join("kube-controller-manager"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args([
+            "--controllers=validatingadmissionpolicy-status-controller",
+            "--leader-elect=false",
+            "--secure-port=0",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _stop = KillOnDrop(child);
+    let api: Api<DynamicObject> = Api::all_with(
+        ns.client.clone(),
+        &ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
+    );
+    for name in ["vworkspace-operation", "vworkspace-applicationinstance"] {
+        let status = eventually("the policy to be type-checked", WAIT, || async {
+            let p = api.get(name).await.unwrap();
+            let status = p.data.get("status").cloned().unwrap_or(Value::Null);
+            (status["observedGeneration"] == json!(p.metadata.generation)).then_some(status)
+        })
+        .await;
+        let warnings = &status["typeChecking"]["expressionWarnings"];
+        assert!(
+            warnings.is_null() || warnings == &json!([]),
+            "{name}: {}",
+            serde_json::to_string_pretty(warnings).unwrap()
+        );
+    }
+}
+
+/// Stops a child process when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
