@@ -573,6 +573,16 @@ async fn instance_rules_accept_and_reject() {
     )
     .await
     .unwrap();
+    // An edit is judged like a new object.
+    rejected(
+        ns.patch(
+            "ApplicationInstance",
+            "wiki",
+            json!({"spec": {"chart": {"url": " "}}}),
+        )
+        .await,
+        &["spec.chart.url is required"],
+    );
     // Managed -> placeholder is refused; placeholder edits are fine.
     rejected(
         ns.patch(
@@ -640,16 +650,44 @@ async fn now_invalid_objects_never_wedge() {
         .unwrap();
     ns.wait_enforced().await;
 
-    // A spec edit of an invalid object is judged like a new one...
+    // A spec edit judges only what it changes: the old defect does not block a cancel or
+    // an unrelated fix, a new defect in the changed part is refused.
+    ns.patch("Operation", "bad", json!({"spec": {"cancel": true}}))
+        .await
+        .unwrap();
     rejected(
         ns.patch(
             "Operation",
             "bad",
-            json!({"spec": {"parameters": {"x": "y"}}}),
+            json!({"spec": {"parameters": {"serviceAccountName": "default"}}}),
         )
         .await,
-        &["spec.engine: no built-in operation template"],
+        &["spec.parameters.serviceAccountName"],
     );
+    ns.patch(
+        "ApplicationInstance",
+        "bad",
+        json!({"spec": {"chart": {"version": "2.0.0"}}}),
+    )
+    .await
+    .unwrap();
+    rejected(
+        ns.patch(
+            "ApplicationInstance",
+            "bad",
+            json!({"spec": {"chart": {"url": " "}}}),
+        )
+        .await,
+        &["spec.chart.url is required"],
+    );
+    // A release outside the instance namespace was never delivered: it may be corrected.
+    ns.patch(
+        "ApplicationInstance",
+        "bad",
+        json!({"spec": {"release": {"namespace": ns.name}}}),
+    )
+    .await
+    .unwrap();
     // ...but status, label and finalizer writes are not judged at all.
     ns.patch_status("Operation", "bad", json!({"phase": "Pending"}))
         .await;
