@@ -31,6 +31,8 @@ use vworkspace_api::{ApplicationInstance, Operation, keys};
 use vworkspace_decide::engines::{self, TEMPLATES};
 use vworkspace_decide::namespace_policy;
 use vworkspace_decide::operation::gates;
+use vworkspace_operator::agent::applier::Applier;
+use vworkspace_operator::agent::scope::ScopePolicy;
 
 const POLICIES: &str = "charts/vworkspace-operator/files/admission-policies.yaml";
 const CONFIG_POLICIES: &str = "config/admission/admission-policies.yaml";
@@ -1046,4 +1048,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A Pull-mode job that carries an object the policies refuse fails, and its error names
+/// the admission message (what the control plane shows the person who sent it).
+#[tokio::test]
+async fn pull_mode_apply_of_a_refused_object_fails_with_the_message() {
+    let ns = namespace("vap-pull", true, true, &[]).await;
+    let applier = Applier::new(ns.client.clone(), ScopePolicy::new("vworkspace-system"));
+    let mut bad = op("from-control-plane", "Backup", "job", json!({}));
+    bad["metadata"]["namespace"] = json!(ns.name);
+    let err = applier.apply(&bad, "cluster-1").await.unwrap_err();
+    assert_eq!(err.outcome(), "failed");
+    let text = err.to_string();
+    assert!(
+        text.contains("rejected by the API server")
+            && text.contains("spec.engine: no built-in operation template"),
+        "{text}"
+    );
+    let mut good = op("from-control-plane", "Backup", "velero", json!({}));
+    good["metadata"]["namespace"] = json!(ns.name);
+    applier.apply(&good, "cluster-1").await.unwrap();
 }
