@@ -816,6 +816,12 @@ async fn verdicts_equal_the_controller_validation() {
     let mut wrong_kind = op("same", "Backup", "velero", json!({}));
     wrong_kind["spec"]["targetRef"]["kind"] = json!("Deployment");
     operations.push(wrong_kind);
+    let mut wrong_version = op("same", "Backup", "velero", json!({}));
+    wrong_version["spec"]["targetRef"]["apiVersion"] = json!("apps.vworkspace.io/v1");
+    operations.push(wrong_version);
+    let mut no_time = op("same", "Backup", "velero", json!({}));
+    no_time["spec"]["timeoutSeconds"] = json!(0);
+    operations.push(no_time);
 
     let mut checked = 0;
     let mut rejections = 0;
