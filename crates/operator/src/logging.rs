@@ -3,8 +3,9 @@
 //!
 //! JSON lines carry `ts` (RFC 3339, UTC, milliseconds), `level`, `msg`, `logger` (the
 //! module), `operator_version`, `cluster_id` (after credentials are loaded), the event's
-//! own fields (`job_id`, `error`, …) and the fields of the enclosing spans (`controller`,
-//! `object` of a reconcile). Span fields are kept as tracing-subscriber's JSON field
+//! own fields (`job_id`, `error`, …) and the fields of the enclosing spans; inside a
+//! reconcile: `controller`, `object`, `reconcileID`, `namespace` and one of
+//! `application_instance` / `operation` / `cluster`. Span fields are kept as tracing-subscriber's JSON field
 //! formatter stores them and merged here, so nested spans need no bespoke layer.
 //!
 //! Runtime level change: [`LogControl::set_level`] swaps the filter through
@@ -172,7 +173,9 @@ where
 {
     let name = parse_level(level)?;
     let (layer, handle) = reload::Layer::new(filter(name)?);
-    let registry = tracing_subscriber::registry().with(layer);
+    let registry = tracing_subscriber::registry()
+        .with(layer)
+        .with(ReconcileIds);
     let subscriber: Box<dyn Subscriber + Send + Sync> = match encoder {
         Encoder::Json => Box::new(
             registry.with(
@@ -252,6 +255,51 @@ pub async fn watch_level(
     }
 }
 
+/// Gives every `reconcile` span a `reconcileID` (as controller-runtime does), so the lines
+/// of one pass can be grepped together.
+struct ReconcileIds;
+
+/// Stored in a reconcile span's extensions.
+struct ReconcileId(String);
+
+impl<S> tracing_subscriber::Layer<S> for ReconcileIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "reconcile"
+            && let Some(span) = ctx.span(id)
+        {
+            let rid = format!("{:016x}", fastrand::u64(..));
+            span.extensions_mut().insert(ReconcileId(rid));
+        }
+    }
+}
+
+/// The reconcile span's `object` (`Kind/namespace/name`) as the documented fields:
+/// `namespace` plus `application_instance`, `operation` or `cluster`.
+fn object_fields(object: &str, line: &mut Map<String, Value>) {
+    let mut parts = object.splitn(3, '/');
+    let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    let key = match kind {
+        "ApplicationInstance" => "application_instance",
+        "Operation" => "operation",
+        "Cluster" => "cluster",
+        _ => return,
+    };
+    if !ns.is_empty() {
+        line.insert("namespace".into(), ns.into());
+    }
+    line.insert(key.into(), name.into());
+}
+
 /// The JSON line format of spec §6.6.
 struct JsonLines;
 
@@ -327,7 +375,13 @@ where
                 if let Some(fields) = ext.get::<FormattedFields<N>>()
                     && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields)
                 {
+                    if let Some(object) = map.get("object").and_then(Value::as_str) {
+                        object_fields(object, &mut line);
+                    }
                     line.extend(map);
+                }
+                if let Some(ReconcileId(rid)) = ext.get::<ReconcileId>() {
+                    line.insert("reconcileID".into(), rid.clone().into());
                 }
             }
         }
@@ -378,24 +432,38 @@ mod tests {
         let buf = Buffer::default();
         let (sub, _control) = subscriber("info", Encoder::Json, buf.clone()).unwrap();
         tracing::subscriber::with_default(sub, || {
-            let span = tracing::info_span!(
-                "reconcile",
-                controller = "operation",
-                object = "org-a/backup-1"
-            );
-            let _g = span.enter();
-            tracing::info!(job_id = "j-1", attempt = 2u64, "job applied");
-            tracing::debug!("hidden at info");
+            for _ in 0..2 {
+                let span = tracing::info_span!(
+                    "reconcile",
+                    controller = "operation",
+                    object = "Operation/org-a/backup-1"
+                );
+                let _g = span.enter();
+                tracing::info!(job_id = "j-1", attempt = 2u64, "job applied");
+                tracing::debug!("hidden at info");
+            }
+            let cluster = tracing::info_span!("reconcile", object = "Cluster//this-cluster");
+            let _g = cluster.enter();
+            tracing::warn!("heartbeat failed");
         });
         let lines = buf.lines();
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // Each pass has its own reconcile id.
+        let rid = |l: &Value| l["reconcileID"].as_str().unwrap().to_string();
+        assert_eq!(rid(&lines[0]).len(), 16);
+        assert_ne!(rid(&lines[0]), rid(&lines[1]));
+        assert_eq!(lines[0]["namespace"], "org-a");
+        assert_eq!(lines[0]["operation"], "backup-1");
+        assert_eq!(lines[2]["cluster"], "this-cluster");
+        assert!(lines[2].get("namespace").is_none(), "{}", lines[2]);
+        assert_eq!(lines[2]["level"], "warn");
         let l = &lines[0];
         assert_eq!(l["level"], "info");
         assert_eq!(l["msg"], "job applied");
         assert_eq!(l["job_id"], "j-1");
         assert_eq!(l["attempt"], 2);
         assert_eq!(l["controller"], "operation");
-        assert_eq!(l["object"], "org-a/backup-1");
+        assert_eq!(l["object"], "Operation/org-a/backup-1");
         assert_eq!(l["operator_version"], env!("CARGO_PKG_VERSION"));
         assert!(l["logger"].as_str().unwrap().contains("logging"));
         let ts: jiff::Timestamp = l["ts"].as_str().unwrap().parse().unwrap();
