@@ -169,12 +169,15 @@ async fn json_logs_and_a_level_changed_at_runtime() {
     let dir = std::env::temp_dir().join(format!("vws-loglevel-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("level");
+    let metrics_port = support::free_port();
     let op = Operator::start(
         cp,
         ns,
         &[
             &format!("--log-level-file={}", file.display()),
             "--connectivity-mode=gitops",
+            &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+            "--metrics-secure=false",
         ],
     )
     .await;
@@ -196,6 +199,18 @@ async fn json_logs_and_a_level_changed_at_runtime() {
         .unwrap()
         .parse::<jiff::Timestamp>()
         .unwrap();
+    // GitOps labels the gauge with its mode, and only that mode.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vworkspace_operator_connectivity_state{mode=\"gitops\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("mode=\"pull\""), "{metrics}");
 
     // debug, by SIGHUP.
     std::fs::write(&file, "debug\n").unwrap();
