@@ -39,6 +39,61 @@ pub const HEARTBEAT_SLACK: Duration = Duration::from_secs(1);
 /// `Retry-After` (capped) has passed. Spec §5.4 defines no reason for this.
 pub const POLLING_THROTTLED: &str = "PollingThrottled";
 
+/// `Connected=False` reason in GitOps mode without control-plane credentials: intent
+/// arrives through Git, so no link is expected (spec connectivity §5 defines no reason).
+pub const GITOPS_MODE: &str = "GitOpsMode";
+
+/// How intent reaches the cluster (spec connectivity §5), `--connectivity-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConnectivityMode {
+    /// The agent long-polls the control plane for jobs.
+    #[default]
+    Pull,
+    /// The control plane writes our objects through the cluster API; the agent only
+    /// posts events and heartbeats.
+    Push,
+    /// Flux (or Argo CD) applies our objects from Git; there is no operator-to-server
+    /// link to lose, so no `Disconnected` condition.
+    Gitops,
+}
+
+impl ConnectivityMode {
+    /// The flag value and the `mode` label of the connectivity gauge.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectivityMode::Pull => "pull",
+            ConnectivityMode::Push => "push",
+            ConnectivityMode::Gitops => "gitops",
+        }
+    }
+
+    /// Whether the agent polls the control plane for jobs.
+    pub fn polls_jobs(self) -> bool {
+        self == ConnectivityMode::Pull
+    }
+}
+
+impl std::fmt::Display for ConnectivityMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ConnectivityMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pull" => Ok(ConnectivityMode::Pull),
+            "push" => Ok(ConnectivityMode::Push),
+            "gitops" => Ok(ConnectivityMode::Gitops),
+            other => Err(format!(
+                "unknown connectivity mode {other:?}: use pull, push or gitops"
+            )),
+        }
+    }
+}
+
 /// The registration token as resolved from the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
@@ -103,6 +158,8 @@ pub struct Settings {
     pub credentials_secret: (String, String),
     /// The ceiling the agent puts on a `Retry-After` (for the `PollingThrottled` message).
     pub max_retry_after: Duration,
+    /// GitOps never raises `Disconnected`; Pull and Push decide alike.
+    pub mode: ConnectivityMode,
 }
 
 /// Everything one decision needs, gathered by the controller's observe step.
@@ -165,7 +222,7 @@ pub struct Notice {
 pub enum Effect {
     AddFinalizer,
     RemoveFinalizer,
-    /// `vworkspace_operator_connectivity_state{mode="pull"}`.
+    /// `vworkspace_operator_connectivity_state{mode}` (the mode label is the process's).
     SetConnectivityGauge(i64),
     /// Write the whole status (server-side apply).
     WriteStatus(ClusterStatus),
@@ -434,7 +491,34 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
         }
     }
 
+    let gitops = o.settings.mode == ConnectivityMode::Gitops;
+    if gitops {
+        // Left over from an earlier Pull/Push run; GitOps has no link to lose.
+        d.status
+            .conditions
+            .retain(|c| c.type_ != types::DISCONNECTED);
+    }
+
     // Credentials in use.
+    if !o.credentials && gitops {
+        // Event posting is optional in GitOps: without credentials nothing is wrong.
+        d.phase(phase::PENDING);
+        d.set(
+            types::CONNECTED,
+            FALSE,
+            GITOPS_MODE,
+            "connectivity mode gitops: intent arrives through Git; no control-plane link \
+             is expected (register the Cluster to post events)",
+        );
+        d.common(o);
+        return Plan::done(
+            vec![
+                Effect::SetConnectivityGauge(0),
+                Effect::WriteStatus(d.status),
+            ],
+            None,
+        );
+    }
     if !o.credentials {
         d.phase(phase::PENDING);
         d.set(
@@ -521,11 +605,18 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
         next = phase::ERROR.into();
         d.set(types::CONNECTED, FALSE, r::ENDPOINT_NOT_FOUND, m.clone());
     } else {
-        match o.link {
+        // GitOps: a failing event channel stays "reconnecting", never disconnected.
+        let link = match o.link {
+            Link::Disconnected | Link::Recovering if gitops => Link::Reconnecting,
+            l => l,
+        };
+        match link {
             Link::Connected => {
                 next = phase::CONNECTED.into();
                 set_connected(&mut d, o, now);
-                d.set(types::DISCONNECTED, FALSE, r::CONNECTED, "");
+                if !gitops {
+                    d.set(types::DISCONNECTED, FALSE, r::CONNECTED, "");
+                }
                 d.set(types::AUTHENTICATED, TRUE, r::CREDENTIAL_ACCEPTED, "");
             }
             Link::Disconnected | Link::Recovering => {
@@ -558,7 +649,11 @@ pub fn decide(o: &Observed, now: Timestamp) -> Plan {
                         .unwrap_or_else(|| "waiting for the first round trip".into());
                     d.set(types::CONNECTED, FALSE, r::RECONNECTING, why);
                 }
-                if next.is_empty() || next == phase::REGISTERING || next == phase::ERROR {
+                if next.is_empty()
+                    || next == phase::REGISTERING
+                    || next == phase::ERROR
+                    || (gitops && next == phase::DISCONNECTED)
+                {
                     next = phase::PENDING.into();
                 }
             }

@@ -3,7 +3,9 @@
 pub mod agent;
 pub mod controller;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod probes;
 
 // The pure decisions live in `vworkspace-decide`; re-exported at their old paths.

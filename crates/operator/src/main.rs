@@ -7,13 +7,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use vworkspace_decide::cluster::ConnectivityMode;
 use vworkspace_operator::agent::scope::KindRule;
 use vworkspace_operator::agent::signing::SigningMode;
 use vworkspace_operator::agent::{Agent, AgentConfig, run_agent};
 use vworkspace_operator::controller::operation::{self, OperationConfig};
 use vworkspace_operator::controller::{Context, application_instance, cluster};
 use vworkspace_operator::leader::{self, LeaderConfig};
+use vworkspace_operator::logging::{self, Encoder};
 use vworkspace_operator::metrics::Metrics;
+use vworkspace_operator::metrics_auth;
 use vworkspace_operator::probes::{self, Readiness};
 
 #[derive(Parser)]
@@ -73,9 +76,10 @@ struct RunArgs {
     /// Metrics listener (`:8443`, `127.0.0.1:9090`); `0` turns metrics off.
     #[arg(long, default_value = "0")]
     metrics_bind_address: String,
-    /// Accepted for compatibility. Metrics are served over plain HTTP; protect the port
-    /// with a NetworkPolicy (see docs/operations.md).
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    /// Serve metrics over HTTPS, readable only by callers allowed to `get` the
+    /// non-resource URL `/metrics` (TokenReview + SubjectAccessReview). `false` serves
+    /// plain HTTP to anyone who reaches the port.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true")]
     metrics_secure: bool,
     /// Liveness (`/healthz`) and readiness (`/readyz`) listener.
     #[arg(long, default_value = ":8081")]
@@ -95,12 +99,15 @@ struct RunArgs {
     webhook_cert_name: Option<String>,
     #[arg(long, hide = true)]
     webhook_cert_key: Option<String>,
-    #[arg(long, hide = true)]
+    /// Directory of the metrics serving certificate; empty → self-signed at start-up.
+    #[arg(long)]
     metrics_cert_path: Option<String>,
-    #[arg(long, hide = true)]
-    metrics_cert_name: Option<String>,
-    #[arg(long, hide = true)]
-    metrics_cert_key: Option<String>,
+    /// Certificate file name in `--metrics-cert-path`.
+    #[arg(long, default_value = "tls.crt")]
+    metrics_cert_name: String,
+    /// Private key file name in `--metrics-cert-path`.
+    #[arg(long, default_value = "tls.key")]
+    metrics_cert_key: String,
     /// Long-poll `wait` for jobs (`30s`, `1m`, or bare seconds).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     agent_poll_interval: Duration,
@@ -124,12 +131,21 @@ struct RunArgs {
     /// SeaweedFS support is not part of this operator; accepted and ignored.
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     seaweed_watches_enabled: bool,
+    /// How intent reaches the cluster: `pull` (poll the control plane for jobs), `push`
+    /// (the control plane writes our objects; events and heartbeats only) or `gitops`
+    /// (Flux applies them from Git; no Disconnected condition).
+    #[arg(long, env = "VWORKSPACE_CONNECTIVITY_MODE", default_value = "pull", value_parser = parse_mode)]
+    connectivity_mode: ConnectivityMode,
     /// Log level: `debug`, `info`, `warn`, `error`, or a zap integer (`-1`..`2`).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", value_parser = parse_log_level)]
     zap_log_level: String,
     /// Log encoding: `json` (default) or `console`.
-    #[arg(long, default_value = "json")]
-    zap_encoder: String,
+    #[arg(long, default_value = "json", value_parser = parse_encoder)]
+    zap_encoder: Encoder,
+    /// File holding the log level (e.g. a mounted ConfigMap key). Re-read on SIGHUP and
+    /// every 10 s; its level replaces `--zap-log-level` while the process runs.
+    #[arg(long, env = "VWORKSPACE_LOG_LEVEL_FILE")]
+    log_level_file: Option<std::path::PathBuf>,
     #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     zap_devel: Option<bool>,
     #[arg(long, hide = true)]
@@ -172,6 +188,18 @@ fn parse_signing_mode(s: &str) -> Result<SigningMode, String> {
     s.parse()
 }
 
+fn parse_mode(s: &str) -> Result<ConnectivityMode, String> {
+    s.parse()
+}
+
+fn parse_encoder(s: &str) -> Result<Encoder, String> {
+    s.parse()
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    logging::parse_level(s).map(|_| s.to_string())
+}
+
 /// Flags of older charts and scripts. Accepted so their pods do not crash-loop, and
 /// ignored with a warning: connectivity comes from the Cluster and its Secret.
 #[derive(Args, Clone, Debug)]
@@ -211,29 +239,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn log_filter(level: &str) -> String {
-    let level = match level.trim() {
-        "-1" | "debug" => "debug",
-        "0" | "info" => "info",
-        "1" | "warn" => "warn",
-        "2" | "error" => "error",
-        other if other.parse::<i32>().is_ok_and(|n| n < -1) => "trace",
-        _ => "info",
-    };
-    format!("{level},kube=warn,hyper=warn,tower=warn")
-}
-
-fn init_logging(args: &RunArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| log_filter(&args.zap_log_level).into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.zap_encoder == "console" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -255,7 +260,9 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    init_logging(&args);
+    let log_control = logging::init(&args.zap_log_level, args.zap_encoder)
+        .map_err(anyhow::Error::msg)
+        .context("installing the logger")?;
     if args.webhooks_enabled {
         anyhow::bail!(
             "--webhooks-enabled=true: admission webhooks are not part of this build; \
@@ -276,9 +283,10 @@ async fn run(args: RunArgs) -> Result<()> {
     if args.legacy.agent_enabled.is_some() {
         tracing::warn!("--agent-enabled is obsolete and ignored: the agent always runs");
     }
-    if args.metrics_secure && args.metrics_bind_address != "0" {
+    if !args.metrics_secure && args.metrics_bind_address != "0" {
         tracing::warn!(
-            "metrics are served over plain HTTP; restrict the port with a NetworkPolicy"
+            "--metrics-secure=false: metrics are served over plain HTTP to anyone who reaches \
+             the port; restrict it with a NetworkPolicy"
         );
     }
 
@@ -287,6 +295,14 @@ async fn run(args: RunArgs) -> Result<()> {
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let shutdown = CancellationToken::new();
     let readiness = Arc::new(Readiness::default());
+    if let Some(file) = args.log_level_file.clone() {
+        tokio::spawn(logging::watch_level(
+            log_control,
+            file,
+            Duration::from_secs(10),
+            shutdown.clone(),
+        ));
+    }
 
     let probe_addr = probes::serve(
         &args.health_probe_bind_address,
@@ -309,16 +325,32 @@ async fn run(args: RunArgs) -> Result<()> {
     let leadership = leader::spawn(client.clone(), leader_config, shutdown.clone());
 
     let metrics = Arc::new(Metrics::new());
+    metrics.set_mode(args.connectivity_mode);
     if args.metrics_bind_address != "0" && !args.metrics_bind_address.is_empty() {
         let m = metrics.clone();
-        let addr = probes::serve(
-            &args.metrics_bind_address,
-            probes::metrics_router(Arc::new(move || m.encode())),
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("binding {}", args.metrics_bind_address))?;
-        tracing::info!(address = %addr, "serving metrics");
+        let router = probes::metrics_router(Arc::new(move || m.encode()));
+        let addr = if args.metrics_secure {
+            let cert = metrics_auth::CertSource::from_flags(
+                args.metrics_cert_path.as_deref(),
+                &args.metrics_cert_name,
+                &args.metrics_cert_key,
+            );
+            let auth = Arc::new(metrics_auth::Authorizer::new(client.clone()));
+            metrics_auth::serve(
+                &args.metrics_bind_address,
+                router,
+                auth,
+                &cert,
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("serving secure metrics on {}", args.metrics_bind_address))?
+        } else {
+            probes::serve(&args.metrics_bind_address, router, shutdown.clone())
+                .await
+                .with_context(|| format!("binding {}", args.metrics_bind_address))?
+        };
+        tracing::info!(address = %addr, secure = args.metrics_secure, "serving metrics");
     }
 
     let agent = Agent::new(client.clone(), agent_config(&args), metrics.clone())
@@ -342,6 +374,7 @@ async fn run(args: RunArgs) -> Result<()> {
         probes = %probe_addr,
         namespace = %args.agent_credentials_namespace,
         leader_elect = args.leader_elect,
+        connectivity_mode = %args.connectivity_mode,
         "starting controllers"
     );
     let ctx = Arc::new(
@@ -515,6 +548,7 @@ fn agent_config(args: &RunArgs) -> AgentConfig {
     cfg.signing_public_key = args.agent_signing_public_key.clone();
     cfg.ready_timeout = args.agent_ready_timeout;
     cfg.rotation_period = args.agent_rotation_period;
+    cfg.mode = args.connectivity_mode;
     cfg
 }
 

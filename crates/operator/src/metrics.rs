@@ -5,6 +5,7 @@
 //! written or loaded (so it reflects rotations, unlike the original which reset it to the
 //! Secret's creation time every 10 s — connectivity defect 4).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use vworkspace_decide::cluster::ConnectivityMode;
 
 /// `mode` label of the connectivity gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +24,8 @@ pub struct ModeLabel {
 
 /// Connectivity mode label values.
 pub const MODE_PULL: &str = "pull";
+pub const MODE_PUSH: &str = "push";
+pub const MODE_GITOPS: &str = "gitops";
 
 /// Labels of the reconcile run counter (controller-runtime's names, spec §6.4).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +87,8 @@ pub struct Metrics {
     /// Seconds job polling waits on a `429` `Retry-After` (capped); 0 when not throttled.
     pub poll_throttled_seconds: Gauge,
     credential_age_seconds: Gauge<f64, AtomicU64>,
+    /// The process's connectivity mode: the gauge's only `mode` label value.
+    mode: Mutex<ConnectivityMode>,
     /// Unix milliseconds of the last credential write/load; 0 = never.
     credentials_at_ms: AtomicI64,
 }
@@ -204,26 +210,51 @@ impl Metrics {
             dropped_events_total,
             job_latency_seconds,
             credential_age_seconds,
+            mode: Mutex::new(ConnectivityMode::Pull),
             credentials_at_ms: AtomicI64::new(0),
         };
         m.set_connectivity(0);
         m
     }
 
-    /// Sets `connectivity_state{mode="pull"}`.
+    /// Switches the gauge's `mode` label (once, at start-up): the old series goes away
+    /// so a scrape never shows two modes.
+    pub fn set_mode(&self, mode: ConnectivityMode) {
+        let value = self.connectivity();
+        if let Ok(mut m) = self.mode.lock() {
+            self.connectivity_state.remove(&ModeLabel {
+                mode: m.as_str().into(),
+            });
+            *m = mode;
+        }
+        self.set_connectivity(value);
+    }
+
+    pub fn mode(&self) -> ConnectivityMode {
+        self.mode.lock().map(|m| *m).unwrap_or_default()
+    }
+
+    fn mode_label(&self) -> ModeLabel {
+        ModeLabel {
+            mode: self.mode().as_str().into(),
+        }
+    }
+
+    /// Sets `connectivity_state{mode}`. GitOps has no link to lose: never `-1` there.
     pub fn set_connectivity(&self, value: i64) {
+        let value = if self.mode() == ConnectivityMode::Gitops {
+            value.max(0)
+        } else {
+            value
+        };
         self.connectivity_state
-            .get_or_create(&ModeLabel {
-                mode: MODE_PULL.into(),
-            })
+            .get_or_create(&self.mode_label())
             .set(value);
     }
 
     pub fn connectivity(&self) -> i64 {
         self.connectivity_state
-            .get_or_create(&ModeLabel {
-                mode: MODE_PULL.into(),
-            })
+            .get_or_create(&self.mode_label())
             .get()
     }
 
@@ -327,5 +358,35 @@ mod tests {
         }
         m.clear_credentials_time();
         assert_eq!(m.credential_age_seconds(), 0.0);
+    }
+
+    #[test]
+    fn the_gauge_carries_the_process_mode() {
+        let m = Metrics::new();
+        m.set_connectivity(1);
+        m.set_mode(ConnectivityMode::Push);
+        let text = m.encode();
+        assert!(
+            text.contains("vworkspace_operator_connectivity_state{mode=\"push\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("mode=\"pull\""),
+            "one mode per process:\n{text}"
+        );
+        m.set_connectivity(-1);
+        assert_eq!(m.connectivity(), -1);
+
+        m.set_mode(ConnectivityMode::Gitops);
+        m.set_connectivity(-1);
+        assert_eq!(m.connectivity(), 0, "GitOps never reads disconnected");
+        let text = m.encode();
+        assert!(
+            text.contains("vworkspace_operator_connectivity_state{mode=\"gitops\"} 0"),
+            "{text}"
+        );
+        assert_eq!(MODE_PUSH, ConnectivityMode::Push.as_str());
+        assert_eq!(MODE_GITOPS, ConnectivityMode::Gitops.as_str());
+        assert_eq!(MODE_PULL, ConnectivityMode::Pull.as_str());
     }
 }

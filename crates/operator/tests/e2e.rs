@@ -49,7 +49,7 @@ async fn binary_under_chart_rbac_delivers_an_instance_and_gets_ready() {
         "RBAC denial in the operator log:\n{log}"
     );
     assert!(
-        !log.contains("\"level\":\"ERROR\""),
+        !log.contains("\"level\":\"error\""),
         "errors in the operator log:\n{log}"
     );
     drop(op.child);

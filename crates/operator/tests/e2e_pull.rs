@@ -85,6 +85,7 @@ async fn pull_mode_end_to_end() {
         "--agent-signing=warn",
         &format!("--agent-signing-public-key={public}"),
         &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+        "--metrics-secure=false",
     ];
     let mut op = Operator::start_with(kubeconfig, op_ns, &flags);
 

@@ -79,6 +79,7 @@ fn base() -> Observed {
             disconnect_after: Duration::from_secs(300),
             credentials_secret: ("creds".into(), "ops".into()),
             max_retry_after: Duration::from_secs(300),
+            mode: ConnectivityMode::Pull,
         },
         outcomes: Outcomes::default(),
     }
@@ -1214,4 +1215,111 @@ fn every_cluster_reason_written_is_covered() {
         assert!(seen.contains(reason), "no row covers {reason}");
     }
     assert!(!seen.contains(r::CONTROL_PLANE_AUTHENTICATION_FAILED));
+}
+
+/// Spec connectivity §5: GitOps has no operator-to-server link, so no `Disconnected`
+/// condition, no `ConnectivityLost` and no `-1` gauge; the same observation in Pull mode
+/// does disconnect (so the GitOps rows are not vacuous).
+#[test]
+fn gitops_mode_never_disconnects() {
+    let gitops = |o: &mut Observed| o.settings.mode = ConnectivityMode::Gitops;
+    let has_disconnected =
+        |p: &Plan| conditions::find(&p.status().unwrap().conditions, "Disconnected").is_some();
+    let notices = |p: &Plan| -> Vec<String> {
+        p.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Notice(_)))
+            .map(effect_name)
+            .collect()
+    };
+
+    // Failures for longer than the grace window.
+    let failing = |o: &mut Observed| {
+        o.link = Link::Disconnected;
+        o.link_error = Some("connection refused".into());
+    };
+    let mut pull = base();
+    failing(&mut pull);
+    let p = decide(&pull, now());
+    assert_eq!(p.status().unwrap().phase.as_deref(), Some("Disconnected"));
+    assert!(conditions::is_true(
+        &p.status().unwrap().conditions,
+        "Disconnected"
+    ));
+    assert_eq!(notices(&p), ["Warning:ConnectivityLost"]);
+
+    let mut o = base();
+    failing(&mut o);
+    gitops(&mut o);
+    let p = decide(&o, now());
+    let s = p.status().unwrap();
+    assert!(!has_disconnected(&p), "{:#?}", s.conditions);
+    assert_ne!(s.phase.as_deref(), Some("Disconnected"));
+    assert!(notices(&p).is_empty(), "{:?}", notices(&p));
+    // Connected stays True inside the window, as in Pull's Reconnecting.
+    assert!(conditions::is_true(&s.conditions, "Connected"));
+
+    // A Cluster that was Disconnected under Pull loses the phase and the condition.
+    let mut o = base();
+    failing(&mut o);
+    o.status.phase = Some("Disconnected".into());
+    o.status.conditions = vec![
+        cond("Connected", "False", "ControlPlaneUnreachable"),
+        cond("Disconnected", "True", "NoRecentRoundTrip"),
+    ];
+    gitops(&mut o);
+    let p = decide(&o, now());
+    assert!(!has_disconnected(&p));
+    assert_eq!(p.status().unwrap().phase.as_deref(), Some("Pending"));
+    let c = conditions::find(&p.status().unwrap().conditions, "Connected").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Reconnecting")
+    );
+
+    // Event posting works: Connected, still no Disconnected=False either.
+    let mut o = base();
+    gitops(&mut o);
+    let p = decide(&o, now());
+    assert_eq!(p.status().unwrap().phase.as_deref(), Some("Connected"));
+    assert!(!has_disconnected(&p));
+
+    // Without credentials: nothing is wrong, so no -1 gauge and no retry loop.
+    let mut o = base();
+    o.status = ClusterStatus::default();
+    o.token = TokenSource::None;
+    o.credentials = false;
+    gitops(&mut o);
+    let p = decide(&o, now());
+    let c = conditions::find(&p.status().unwrap().conditions, "Connected").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", GITOPS_MODE)
+    );
+    assert!(p.effects.contains(&Effect::SetConnectivityGauge(0)));
+    assert!(!p.effects.contains(&Effect::SetConnectivityGauge(-1)));
+    assert_eq!(p.requeue, None);
+    assert!(!has_disconnected(&p));
+    // Pull in the same state says the credentials are missing and reports -1.
+    o.settings.mode = ConnectivityMode::Pull;
+    let p = decide(&o, now());
+    assert!(p.effects.contains(&Effect::SetConnectivityGauge(-1)));
+}
+
+#[test]
+fn connectivity_modes_parse() {
+    for (text, mode) in [
+        ("pull", ConnectivityMode::Pull),
+        ("Push", ConnectivityMode::Push),
+        (" gitops ", ConnectivityMode::Gitops),
+    ] {
+        let parsed: ConnectivityMode = text.parse().unwrap();
+        assert_eq!(parsed, mode);
+        assert_eq!(parsed.as_str(), text.trim().to_ascii_lowercase());
+    }
+    let err = "argo".parse::<ConnectivityMode>().unwrap_err();
+    assert!(err.contains("pull, push or gitops"), "{err}");
+    assert!(ConnectivityMode::Pull.polls_jobs());
+    assert!(!ConnectivityMode::Push.polls_jobs());
+    assert!(!ConnectivityMode::Gitops.polls_jobs());
 }

@@ -46,6 +46,7 @@ use idempotency::{IdempotencyStore, Limits};
 use reporter::Reporter;
 use scope::ScopePolicy;
 use signing::SigningMode;
+use vworkspace_decide::cluster::ConnectivityMode;
 
 /// Create/replace parameters of everything the agent writes itself (journal,
 /// idempotency store, namespaces): its own field manager, so `managedFields` say who
@@ -96,6 +97,8 @@ pub struct AgentConfig {
     pub watch_namespace: Option<String>,
     /// Idempotency-store bounds. Default 5000 keys / 30 days / 512 KiB.
     pub idempotency: Limits,
+    /// Pull polls jobs; Push and GitOps only post events and heartbeats. Default Pull.
+    pub mode: ConnectivityMode,
 }
 
 impl AgentConfig {
@@ -116,6 +119,7 @@ impl AgentConfig {
             runtime_tick: Duration::from_secs(10),
             watch_namespace: None,
             idempotency: Limits::default(),
+            mode: ConnectivityMode::Pull,
         }
     }
 }
@@ -243,7 +247,8 @@ impl Agent {
     /// successful round trip, waiting in between.
     pub fn probe_state(&self) -> crate::probes::AgentState {
         use crate::probes::AgentState;
-        if self.store().current().is_none() {
+        // GitOps: the optional event channel never holds readiness back.
+        if self.store().current().is_none() || self.config().mode == ConnectivityMode::Gitops {
             return AgentState::NotConfigured;
         }
         let c = self.client().connectivity();
@@ -270,7 +275,7 @@ pub async fn run_agent(
                 r = leadership.changed() => if r.is_err() { return },
             }
         }
-        tracing::info!("leader: starting the Pull-mode agent");
+        tracing::info!(mode = %agent.config().mode, "leader: starting the agent");
         let term = shutdown.child_token();
         let batcher = {
             let (a, t) = (agent.clone(), term.clone());
@@ -297,6 +302,6 @@ pub async fn run_agent(
         if shutdown.is_cancelled() {
             return;
         }
-        tracing::warn!("lost leadership: Pull-mode agent stopped");
+        tracing::warn!("lost leadership: agent stopped");
     }
 }

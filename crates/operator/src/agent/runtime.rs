@@ -1,5 +1,8 @@
 //! Agent runtime supervisor (spec §3.3), run only on the leader.
 //!
+//! In Push and GitOps modes (spec §5) it still loads the credentials — the batcher and
+//! the heartbeat use them — but never starts the poller.
+//!
 //! Every tick (default 10 s): find the active `Cluster` (the oldest; others are flagged
 //! `DuplicateCluster` by the Cluster controller and ignored), resolve its credentials
 //! Secret (`status.credentialsSecretRef`, else the configured default), load it into the
@@ -74,6 +77,7 @@ pub async fn run(agent: Agent, cancel: CancellationToken) {
     let mut credentials = agent.store().subscribe();
     loop {
         let want = evaluate(&agent, &clusters).await;
+        crate::logging::set_cluster_id(agent.store().current().map(|c| c.cluster_id).as_deref());
         let report = match &want {
             Ok(()) => String::new(),
             Err(r) => r.clone(),
@@ -83,6 +87,8 @@ pub async fn run(agent: Agent, cancel: CancellationToken) {
         }
         last_report = report;
         match want {
+            // Push/GitOps: credentials are loaded for events and heartbeats; no jobs.
+            Ok(()) if !agent.config().mode.polls_jobs() => {}
             Ok(()) => {
                 if poller.as_ref().is_none_or(|p| p.task.is_finished()) {
                     let token = cancel.child_token();

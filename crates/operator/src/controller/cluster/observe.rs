@@ -100,6 +100,7 @@ pub(super) async fn observe(ctx: &Ctx, name: &str) -> Result<Option<(Live, Obser
             disconnect_after: config.connectivity.disconnect_after,
             credentials_secret: (loc.name.clone(), loc.namespace.clone()),
             max_retry_after: config.backoff.max_retry_after,
+            mode: config.mode,
         },
         outcomes: Outcomes::default(),
     };
