@@ -1,6 +1,6 @@
 //! Building and caching the third-party programs of the full test cluster: Flux
-//! source-controller and helm-controller, kwok, an OCI registry, and our small Helm
-//! repository file server.
+//! source-controller and helm-controller, kwok, an OCI registry, our small Helm
+//! repository file server, and the Helm CLI the install tests run.
 //!
 //! Versions are pinned in `tools/controllers/go.mod` (checked against its `go.sum` by `go
 //! mod download`); each program is cached under `~/.cache/vworkspace-operator/tools/`
@@ -76,6 +76,15 @@ const CHARTREPO: Tool = Tool {
     },
 };
 
+const HELM: Tool = Tool {
+    name: "helm",
+    env: "VWORKSPACE_HELM",
+    // Our wrapper module pins helm.sh/helm/v4 (see tools/helm/go.mod).
+    how: How::Ours {
+        module_dir: "tools/helm",
+    },
+};
+
 /// Paths of the full profile's programs.
 #[derive(Clone, Debug)]
 pub struct Tools {
@@ -84,6 +93,8 @@ pub struct Tools {
     pub kwok: PathBuf,
     pub registry: PathBuf,
     pub chartrepo: PathBuf,
+    /// The Helm CLI (not a cluster process; `tests/install_*.rs` run it).
+    pub helm: PathBuf,
 }
 
 impl Tools {
@@ -96,6 +107,7 @@ impl Tools {
             (KWOK.env, self.kwok.clone()),
             (REGISTRY.env, self.registry.clone()),
             (CHARTREPO.env, self.chartrepo.clone()),
+            (HELM.env, self.helm.clone()),
         ]
     }
 }
@@ -175,7 +187,13 @@ pub fn ensure_tools() -> Result<Tools> {
         kwok: ensure(&KWOK)?,
         registry: ensure(&REGISTRY)?,
         chartrepo: ensure(&CHARTREPO)?,
+        helm: ensure(&HELM)?,
     })
+}
+
+/// The Helm CLI alone (a cache lookup once built; `VWORKSPACE_HELM` overrides).
+pub fn ensure_helm() -> Result<PathBuf> {
+    ensure(&HELM)
 }
 
 fn ensure(tool: &Tool) -> Result<PathBuf> {
