@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{Operator, eventually, helm_chart, instance};
+use support::{Operator, eventually, helm_chart, instance, placeholder};
 use testkit::ControlPlane;
 use testkit::fixtures::{create_namespace, helm_controller_reports};
 use vworkspace_api::{ApplicationInstance, Operation};
@@ -24,6 +24,8 @@ use vworkspace_operator::kinds::flux::HelmRelease;
 
 const CHART: &str = "charts/vworkspace-operator";
 const WAIT: Duration = Duration::from_secs(60);
+const CLUSTER_ID: &str = "9d4e2a10-57c1-4b0e-a3f6-2c8d1e0b7a55";
+const REG_TOKEN: &str = "vwksp-reg-install000000000000000000000001";
 
 fn helm_bin() -> PathBuf {
     testkit::ensure_helm().expect("building the Helm CLI (tools/helm)")
@@ -281,9 +283,13 @@ fn normalise(mut o: Value) -> Value {
     }
     if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
         a.remove("helm.sh/resource-policy");
-        if a.is_empty() {
-            o["metadata"].as_object_mut().unwrap().remove("annotations");
-        }
+    }
+    // An empty (or YAML-null) annotations map is no annotation.
+    if o["metadata"]["annotations"]
+        .as_object()
+        .is_none_or(|a| a.is_empty())
+    {
+        o["metadata"].as_object_mut().unwrap().remove("annotations");
     }
     o
 }
@@ -502,7 +508,7 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
         .kubeconfig_for_existing_service_account(op_ns, release)
         .await
         .unwrap();
-    let op = Operator::start_with(kubeconfig, op_ns, &[]);
+    let op = Operator::start_with(kubeconfig, op_ns, &["--agent-poll-interval=5s"]);
     eventually("/readyz 200", WAIT, || async {
         op.probe("/readyz").await.filter(|(c, _)| *c == 200)
     })
@@ -531,13 +537,20 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
     .await;
 
     // Operation controller: a runCommand Job in the tenant namespace, as the runner SA.
+    let tools: ApplicationInstance = serde_json::from_value(placeholder(
+        tenant,
+        "tools",
+        json!({"ops.vworkspace.io/runcommand": "job"}),
+    ))
+    .unwrap();
+    apps.create(&PostParams::default(), &tools).await.unwrap();
     let ops: Api<Operation> = Api::namespaced(client.clone(), tenant);
     let op_obj: Operation = serde_json::from_value(json!({
         "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
         "metadata": {"name": "hello", "namespace": tenant},
         "spec": {"type": "RunCommand", "engine": "job",
                  "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1",
-                               "kind": "ApplicationInstance", "name": "wiki"},
+                               "kind": "ApplicationInstance", "name": "tools"},
                  "parameters": {"image": "busybox:1.36", "command": ["true"]}}
     }))
     .unwrap();
@@ -562,6 +575,34 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
             .as_deref(),
         Some("vworkspace-operation-runner")
     );
+
+    // Cluster controller and a Pull-mode path: register with the mock control plane, then
+    // a control-plane `apply` job delivers a secretRef instance into the tenant namespace.
+    let mock = support::mock(REG_TOKEN, CLUSTER_ID).await;
+    let admin = mock.admin();
+    support::register_cluster(&client, op_ns, &mock.url(), CLUSTER_ID, REG_TOKEN).await;
+    let pulled = serde_json::to_value(secret_ref_instance(tenant, "pulled")).unwrap();
+    admin
+        .enqueue(
+            CLUSTER_ID,
+            &support::job(
+                "apply-pulled",
+                "apply",
+                "applicationinstance/shop/pulled@1",
+                pulled,
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("HelmRelease of the pulled instance", WAIT, || async {
+        hrs.get_opt("pulled").await.unwrap()
+    })
+    .await;
+    helm_controller_reports(&hrs, "pulled", "True", "InstallSucceeded", "ok")
+        .await
+        .unwrap();
+    let r = admin.wait_for_result("apply-pulled", WAIT).await.unwrap();
+    assert_eq!(r.outcome, "succeeded", "{r:?}");
 
     // A gated namespace the chart does not list: a clear error naming the permission.
     values_secret(&client, unlisted).await;
@@ -620,6 +661,8 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
             CHART,
             "--namespace",
             op_ns,
+            // The hand edit above is another field manager's; the chart's rules win.
+            "--force-conflicts",
             "--set",
             "crds.install=false",
             "--set",
