@@ -362,9 +362,13 @@ async fn gated_namespace(client: &kube::Client, name: &str) {
 }
 
 async fn values_secret(client: &kube::Client, ns: &str) {
+    named_values_secret(client, ns, "values").await
+}
+
+async fn named_values_secret(client: &kube::Client, ns: &str, name: &str) {
     let s = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("values".into()),
+            name: Some(name.into()),
             ..Default::default()
         },
         string_data: Some([("values.yaml".to_string(), "replicas: 1\n".to_string())].into()),
@@ -377,11 +381,15 @@ async fn values_secret(client: &kube::Client, ns: &str) {
 }
 
 fn secret_ref_instance(ns: &str, name: &str) -> ApplicationInstance {
+    referencing(ns, name, "values")
+}
+
+fn referencing(ns: &str, name: &str, secret: &str) -> ApplicationInstance {
     serde_json::from_value(instance(
         ns,
         name,
         helm_chart("wiki", "1.0.0"),
-        json!({"source": "secretRef", "secretRef": {"name": "values", "key": "values.yaml"}}),
+        json!({"source": "secretRef", "secretRef": {"name": secret, "key": "values.yaml"}}),
     ))
     .unwrap()
 }
@@ -399,6 +407,21 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
     create_namespace(&client, other).await.unwrap();
     gated_namespace(&client, unlisted).await;
     let release = "vworkspace-operator";
+    // values.schema.json is enforced by `helm install` itself, before anything is applied.
+    let refused = helm(
+        Some(&cp.kubeconfig),
+        &[
+            "install",
+            release,
+            CHART,
+            "--namespace",
+            op_ns,
+            "--set",
+            "replicaCount=0",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("schema"));
     // testkit installed the CRDs already (no Helm ownership): leave them out here; their
     // rendering is checked by the template tests.
     let out = helm(
@@ -534,6 +557,30 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
             .filter(|s| vworkspace_api::conditions::is_true(&s.conditions, "Ready"))
             .map(|_| ())
     })
+    .await;
+
+    // The per-namespace metadata watch: a values Secret created after its instance
+    // unblocks it at once (the Blocked recheck alone would take five minutes).
+    apps.create(
+        &PostParams::default(),
+        &referencing(tenant, "late", "late-values"),
+    )
+    .await
+    .unwrap();
+    eventually("late blocked on its Secret", WAIT, || async {
+        let i = apps.get("late").await.unwrap();
+        let c = i.status?.conditions;
+        c.iter()
+            .any(|c| c.reason == "WaitingForSecret")
+            .then_some(())
+    })
+    .await;
+    named_values_secret(&client, tenant, "late-values").await;
+    eventually(
+        "late delivered once its Secret exists",
+        Duration::from_secs(20),
+        || async { hrs.get_opt("late").await.unwrap() },
+    )
     .await;
 
     // Operation controller: a runCommand Job in the tenant namespace, as the runner SA.
