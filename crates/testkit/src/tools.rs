@@ -321,6 +321,38 @@ mod tests {
             .collect()
     }
 
+    /// `module version` pairs of a go.mod's require and replace lines under `prefix`
+    /// (for a replace, the right-hand side).
+    fn pins(go_mod: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
+        let text = std::fs::read_to_string(crate::repo_root().join(go_mod)).unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let l = l.trim().trim_start_matches("require ");
+                let parts: Vec<&str> = l.split_whitespace().collect();
+                match parts.as_slice() {
+                    [m, "=>", _, v, ..] | [m, v, ..] if m.starts_with(prefix) => {
+                        Some((m.to_string(), v.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Helm is built against the same Kubernetes libraries as our kubectl, so Go's build
+    /// cache shares their compiled packages (a cold Helm build is minutes otherwise).
+    #[test]
+    fn helm_uses_the_kubernetes_libraries_of_the_control_plane_build() {
+        let helm = pins("tools/helm/go.mod", "k8s.io/");
+        let kube = pins("tools/kube/go.mod", "k8s.io/");
+        assert!(helm.contains_key("k8s.io/client-go"), "{helm:?}");
+        for (module, version) in &helm {
+            if let Some(theirs) = kube.get(module).filter(|v| v.as_str() != "v0.0.0") {
+                assert_eq!(version, theirs, "{module}: tools/helm vs tools/kube");
+            }
+        }
+    }
+
     /// The controllers must run the same version as the CRDs the cluster installs.
     #[test]
     fn flux_pins_agree_with_the_crd_pins() {
