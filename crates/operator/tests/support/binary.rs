@@ -20,14 +20,18 @@ pub fn chart_rules(file: &str) -> Vec<PolicyRule> {
 /// RBAC as Helm rendered it, not a copy of the rule files.
 pub async fn chart_identity(cp: &ControlPlane, op_ns: &str, tenants: &[&str]) -> PathBuf {
     let home = std::env::temp_dir().join(format!("vworkspace-helm-{}", std::process::id()));
-    let out = std::process::Command::new(testkit::ensure_helm().unwrap())
-        .args([
-            "install",
-            "vworkspace-operator",
-            "charts/vworkspace-operator",
-        ])
-        .args(["--namespace", op_ns, "--set", "crds.install=false", "--set"])
-        .arg(format!("tenantNamespaces={{{}}}", tenants.join(",")))
+    let mut helm = std::process::Command::new(testkit::ensure_helm().unwrap());
+    helm.args([
+        "install",
+        "vworkspace-operator",
+        "charts/vworkspace-operator",
+    ])
+    .args(["--namespace", op_ns, "--set", "crds.install=false"]);
+    if !tenants.is_empty() {
+        helm.arg("--set")
+            .arg(format!("tenantNamespaces={{{}}}", tenants.join(",")));
+    }
+    let out = helm
         .current_dir(testkit::repo_root())
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("HELM_CONFIG_HOME", home.join("config"))
