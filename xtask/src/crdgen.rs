@@ -9,7 +9,7 @@ pub fn targets() -> [PathBuf; 2] {
     let root = testkit::repo_root();
     [
         root.join("config/crd/bases"),
-        root.join("charts/vworkspace-operator/crds"),
+        root.join("charts/vworkspace-operator/files/crds"),
     ]
 }
 

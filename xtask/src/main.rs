@@ -42,7 +42,7 @@ enum Command {
     /// Build (or find in the cache) the control-plane binaries and print where they are.
     ControlPlane,
     /// Build (or find in the cache) the full profile's programs (Flux source- and
-    /// helm-controller, kwok, the OCI registry, the chart server) and print where they are.
+    /// helm-controller, kwok, the OCI registry, the chart server, the Helm CLI) and print where they are.
     Tools,
     /// Start, stop or use a background control plane for local development.
     DevCluster {

@@ -20,7 +20,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     let tools_started = std::time::Instant::now();
     let tools = testkit::ensure_tools()?;
     println!(
-        "full-profile tools ready in {:.1}s (source-controller, helm-controller, kwok, registry, chartrepo)",
+        "full-profile tools ready in {:.1}s (source-controller, helm-controller, kwok, registry, chartrepo, helm)",
         tools_started.elapsed().as_secs_f64()
     );
     crate::crdgen::run(true)?;

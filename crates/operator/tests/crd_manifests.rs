@@ -12,7 +12,7 @@ fn repo() -> &'static Path {
 fn committed_copies_match_the_generator() {
     let files = vworkspace_api::crd_files();
     assert_eq!(files.len(), 3, "one file per CRD");
-    for dir in ["config/crd/bases", "charts/vworkspace-operator/crds"] {
+    for dir in ["config/crd/bases", "charts/vworkspace-operator/files/crds"] {
         for (name, yaml) in &files {
             let path = repo().join(dir).join(name);
             let committed = std::fs::read_to_string(&path)

@@ -1,4 +1,5 @@
-//! End to end: the operator *binary*, running under the Helm chart's RBAC, against the
+//! End to end: the operator *binary*, running under the Helm chart's RBAC (installed by
+//! Helm), against the
 //! real apiserver. Pull mode end to end is in `e2e_pull.rs` (its own control plane: the
 //! `Cluster` is cluster-scoped and one per cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +17,9 @@ use vworkspace_operator::kinds::flux::HelmRelease;
 #[tokio::test]
 async fn binary_under_chart_rbac_delivers_an_instance_and_gets_ready() {
     let TestNamespace { cp, client, ns } = test_namespace("e2e-rbac").await.unwrap();
-    let op = Operator::start(cp, &ns, &[]).await;
+    // The ServiceAccount and RBAC of a real `helm install` of the chart.
+    let kubeconfig = support::chart_identity(cp, &ns, &[]).await;
+    let op = Operator::start_with(kubeconfig, &ns, &[]);
     let (code, body) = eventually("/readyz 200", Duration::from_secs(60), || async {
         op.probe("/readyz").await.filter(|(c, _)| *c == 200)
     })

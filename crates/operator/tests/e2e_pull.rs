@@ -1,5 +1,5 @@
-//! Pull mode end to end: the operator *binary* under the chart's RBAC, the mock control
-//! plane, and the real apiserver. The test plays Flux by writing HelmRelease status.
+//! Pull mode end to end: the operator *binary* under the chart's RBAC (installed by Helm),
+//! the mock control plane, and the real apiserver. The test plays Flux by writing HelmRelease status.
 //!
 //! One scenario, in order, because a cluster has exactly one `Cluster` object.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -70,15 +70,18 @@ async fn pull_mode_end_to_end() {
     let public =
         base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().to_bytes());
 
-    let kubeconfig = cp
-        .kubeconfig_for_service_account(
-            op_ns,
-            "vworkspace-operator",
-            support::chart_rules("manager-rules.yaml"),
-            support::chart_rules("namespace-rules.yaml"),
+    // The operator runs as the ServiceAccount a `helm install` of the chart created, with
+    // the apps namespace as its tenant (gated, so the agent finds it ready).
+    create_namespace(&client, apps_ns).await.unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            apps_ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"managed-by": "vworkspace"}}})),
         )
         .await
         .unwrap();
+    let kubeconfig = support::chart_identity(cp, op_ns, &[apps_ns]).await;
     let metrics_port = support::free_port();
     let flags = [
         "--agent-poll-interval=5s",

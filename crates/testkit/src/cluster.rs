@@ -200,10 +200,11 @@ pub fn start(opts: &StartOptions) -> Result<Running> {
 
         let kcm_log = dir.join("kube-controller-manager.log");
         let controllers = if full_profile {
-            // What Deployments and Jobs need to get pods; no node-lifecycle controller
-            // (see full::create_node).
+            // What Deployments and Jobs need to get pods, and PodDisruptionBudget status
+            // (the chart's PDB); no node-lifecycle controller (see full::create_node).
             "garbage-collector-controller,namespace-controller,deployment-controller,\
-             replicaset-controller,job-controller,serviceaccount-controller"
+             replicaset-controller,job-controller,serviceaccount-controller,\
+             disruption-controller"
         } else {
             "garbage-collector-controller,namespace-controller"
         };

@@ -27,4 +27,4 @@ pub use crds::{flux_crd_files, install_crds, our_crd_files, third_party_crd_file
 pub use full::{FullProfile, NODE_NAME};
 pub use process::Lifetime;
 pub use shared::{ControlPlane, FullCluster, fresh_namespace};
-pub use tools::{Tools, ensure_tools};
+pub use tools::{Tools, ensure_helm, ensure_tools};

@@ -195,6 +195,28 @@ impl ControlPlane {
         let token = self
             .service_account_token(namespace, name, cluster_rules, Some(local_rules))
             .await?;
+        self.write_token_kubeconfig(namespace, name, token)
+    }
+
+    /// A kubeconfig for a child process authenticating as an *existing* ServiceAccount
+    /// (e.g. one a `helm install` created), with whatever RBAC is bound to it: a
+    /// TokenRequest, no rules of the kit's own.
+    pub async fn kubeconfig_for_existing_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf> {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
+        let token = request_token(&sas, name).await?;
+        self.write_token_kubeconfig(namespace, name, token)
+    }
+
+    fn write_token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        token: String,
+    ) -> Result<PathBuf> {
         let text = std::fs::read_to_string(&self.kubeconfig)?;
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
         let users = doc
@@ -297,24 +319,29 @@ impl ControlPlane {
                 .await
                 .context("creating RoleBinding")?;
         }
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec!["https://kubernetes.default.svc".into()]),
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token: TokenRequest = sas
-            .create_subresource("token", name, &pp, &request)
-            .await
-            .context("requesting a ServiceAccount token")?;
-        token
-            .status
-            .and_then(|s| s.token)
-            .filter(|t| !t.is_empty())
-            .context("TokenRequest without a token")
+        request_token(&sas, name).await
     }
+}
+
+/// A one-hour token of ServiceAccount `name` (TokenRequest API).
+async fn request_token(sas: &Api<ServiceAccount>, name: &str) -> Result<String> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: TokenRequest = sas
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .context("requesting a ServiceAccount token")?;
+    token
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .context("TokenRequest without a token")
 }
 
 static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);

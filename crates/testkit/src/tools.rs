@@ -1,6 +1,6 @@
 //! Building and caching the third-party programs of the full test cluster: Flux
-//! source-controller and helm-controller, kwok, an OCI registry, and our small Helm
-//! repository file server.
+//! source-controller and helm-controller, kwok, an OCI registry, our small Helm
+//! repository file server, and the Helm CLI the install tests run.
 //!
 //! Versions are pinned in `tools/controllers/go.mod` (checked against its `go.sum` by `go
 //! mod download`); each program is cached under `~/.cache/vworkspace-operator/tools/`
@@ -76,6 +76,15 @@ const CHARTREPO: Tool = Tool {
     },
 };
 
+const HELM: Tool = Tool {
+    name: "helm",
+    env: "VWORKSPACE_HELM",
+    // Our wrapper module pins helm.sh/helm/v4 (see tools/helm/go.mod).
+    how: How::Ours {
+        module_dir: "tools/helm",
+    },
+};
+
 /// Paths of the full profile's programs.
 #[derive(Clone, Debug)]
 pub struct Tools {
@@ -84,6 +93,8 @@ pub struct Tools {
     pub kwok: PathBuf,
     pub registry: PathBuf,
     pub chartrepo: PathBuf,
+    /// The Helm CLI (not a cluster process; `tests/install_*.rs` run it).
+    pub helm: PathBuf,
 }
 
 impl Tools {
@@ -96,6 +107,7 @@ impl Tools {
             (KWOK.env, self.kwok.clone()),
             (REGISTRY.env, self.registry.clone()),
             (CHARTREPO.env, self.chartrepo.clone()),
+            (HELM.env, self.helm.clone()),
         ]
     }
 }
@@ -175,7 +187,13 @@ pub fn ensure_tools() -> Result<Tools> {
         kwok: ensure(&KWOK)?,
         registry: ensure(&REGISTRY)?,
         chartrepo: ensure(&CHARTREPO)?,
+        helm: ensure(&HELM)?,
     })
+}
+
+/// The Helm CLI alone (a cache lookup once built; `VWORKSPACE_HELM` overrides).
+pub fn ensure_helm() -> Result<PathBuf> {
+    ensure(&HELM)
 }
 
 fn ensure(tool: &Tool) -> Result<PathBuf> {
@@ -301,6 +319,38 @@ mod tests {
                     .then(|| (m.to_string(), v.to_string()))
             })
             .collect()
+    }
+
+    /// `module version` pairs of a go.mod's require and replace lines under `prefix`
+    /// (for a replace, the right-hand side).
+    fn pins(go_mod: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
+        let text = std::fs::read_to_string(crate::repo_root().join(go_mod)).unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let l = l.trim().trim_start_matches("require ");
+                let parts: Vec<&str> = l.split_whitespace().collect();
+                match parts.as_slice() {
+                    [m, "=>", _, v, ..] | [m, v, ..] if m.starts_with(prefix) => {
+                        Some((m.to_string(), v.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Helm is built against the same Kubernetes libraries as our kubectl, so Go's build
+    /// cache shares their compiled packages (a cold Helm build is minutes otherwise).
+    #[test]
+    fn helm_uses_the_kubernetes_libraries_of_the_control_plane_build() {
+        let helm = pins("tools/helm/go.mod", "k8s.io/");
+        let kube = pins("tools/kube/go.mod", "k8s.io/");
+        assert!(helm.contains_key("k8s.io/client-go"), "{helm:?}");
+        for (module, version) in &helm {
+            if let Some(theirs) = kube.get(module).filter(|v| v.as_str() != "v0.0.0") {
+                assert_eq!(version, theirs, "{module}: tools/helm vs tools/kube");
+            }
+        }
     }
 
     /// The controllers must run the same version as the CRDs the cluster installs.

@@ -14,6 +14,41 @@ pub fn chart_rules(file: &str) -> Vec<PolicyRule> {
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Installs the chart with the real Helm CLI (release `vworkspace-operator` in `op_ns`,
+/// CRDs left to testkit, `tenants` as `tenantNamespaces`) and returns a kubeconfig with a
+/// token of the ServiceAccount that install created: the operator then runs under the
+/// RBAC as Helm rendered it, not a copy of the rule files.
+pub async fn chart_identity(cp: &ControlPlane, op_ns: &str, tenants: &[&str]) -> PathBuf {
+    let home = std::env::temp_dir().join(format!("vworkspace-helm-{}", std::process::id()));
+    let mut helm = std::process::Command::new(testkit::ensure_helm().unwrap());
+    helm.args([
+        "install",
+        "vworkspace-operator",
+        "charts/vworkspace-operator",
+    ])
+    .args(["--namespace", op_ns, "--set", "crds.install=false"]);
+    if !tenants.is_empty() {
+        helm.arg("--set")
+            .arg(format!("tenantNamespaces={{{}}}", tenants.join(",")));
+    }
+    let out = helm
+        .current_dir(testkit::repo_root())
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.kubeconfig_for_existing_service_account(op_ns, "vworkspace-operator")
+        .await
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -10,7 +10,7 @@ mod control_plane;
 mod instances;
 mod operations;
 
-pub use binary::{Operator, chart_rules, free_port};
+pub use binary::{Operator, chart_identity, chart_rules, free_port};
 pub use control_plane::{job, mock, register_cluster};
 pub use instances::{
     helm_chart, instance, instance_controller_reports, managed_instance, placeholder,

@@ -29,6 +29,7 @@ use super::kit::{self, AtStage, Error, HasKit, Stage};
 mod act;
 mod cache;
 mod observe;
+mod tenant_access;
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
 
@@ -181,16 +182,28 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
             .collect::<Vec<_>>()
     };
     let refs2 = refs.clone();
-    let secrets = watcher(
-        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .touched_objects();
-    let config_maps = watcher(
-        scoped::<PartialObjectMeta<ConfigMap>>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .touched_objects();
+    // Cluster-wide, only the gated namespaces are watched (the chart grants Secret and
+    // ConfigMap reads nowhere else); one watched namespace is watched directly.
+    let (secrets, config_maps) = match namespace {
+        Some(_) => (
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .touched_objects()
+            .boxed(),
+            watcher(
+                scoped::<PartialObjectMeta<ConfigMap>>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .touched_objects()
+            .boxed(),
+        ),
+        None => (
+            tenant_access::in_gated_namespaces::<Secret>(client.clone()).boxed(),
+            tenant_access::in_gated_namespaces::<ConfigMap>(client.clone()).boxed(),
+        ),
+    };
     controller
         .owns_stream(child_triggers(
             scoped::<HelmRelease>(&client, namespace),

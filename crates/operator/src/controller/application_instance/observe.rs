@@ -10,7 +10,9 @@ use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
 
 use super::cache::{Cache, Reacts};
+use super::tenant_access;
 use crate::controller::Context;
+use crate::controller::kit::Cause;
 
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
 /// Secret/ConfigMap (never their values), the children left at deletion, the
@@ -19,7 +21,7 @@ pub(super) async fn observe(
     ctx: &Context,
     cache: &Cache,
     inst: &ApplicationInstance,
-) -> Result<Observed, kube::Error> {
+) -> Result<Observed, Cause> {
     let reads = decide::reads(inst);
     let namespace = inst.namespace().unwrap_or_default();
     let mut o = Observed::of(inst.clone());
@@ -48,17 +50,29 @@ pub(super) async fn observe(
     Ok(o)
 }
 
+/// A denied read (no tenant RoleBinding in that namespace) fails the pass with a message
+/// naming the missing permission rather than a bare 403.
 async fn values_state(
     ctx: &Context,
     namespace: &str,
     kind: ValuesSource,
     name: &str,
     key: &str,
-) -> Result<(ValuesState, Option<String>), kube::Error> {
+) -> Result<(ValuesState, Option<String>), Cause> {
+    let resource = match kind {
+        ValuesSource::SecretRef => "secrets",
+        _ => "configmaps",
+    };
+    let denied =
+        |e: kube::Error| match tenant_access::forbidden(&e, "get", resource, namespace, name) {
+            Some(msg) => Cause::Other(msg),
+            None => Cause::Kube(e),
+        };
     let found = match kind {
         ValuesSource::SecretRef => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
-            .await?
+            .await
+            .map_err(denied)?
             .map(|s| {
                 let has = s.data.as_ref().is_some_and(|d| d.contains_key(key))
                     || s.string_data.as_ref().is_some_and(|d| d.contains_key(key));
@@ -66,7 +80,8 @@ async fn values_state(
             }),
         _ => Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
-            .await?
+            .await
+            .map_err(denied)?
             .map(|c| {
                 let has = c.data.as_ref().is_some_and(|d| d.contains_key(key));
                 (has, c.metadata.resource_version)
