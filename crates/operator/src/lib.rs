@@ -5,6 +5,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod probes;
+pub mod webhook;
 
 // The pure decisions live in `vworkspace-decide`; re-exported at their old paths.
 pub use vworkspace_decide::{approval, engines, flux, kinds};
