@@ -83,7 +83,12 @@ fn respond(
                 message = %message,
                 "admission denied"
             );
-            response.deny(message)
+            // 403 Forbidden, as the apiserver's own policy denials: `kubectl` prints
+            // "Error from server (Forbidden): ... denied the request: <message>".
+            let mut denied = response.deny(message);
+            denied.result.code = 403;
+            denied.result.reason = "Forbidden".into();
+            denied
         }
     };
     Json(response.into_review())
