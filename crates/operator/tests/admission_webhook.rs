@@ -869,3 +869,54 @@ async fn controller_and_webhook_enforce_the_inline_secret_rule_identically() {
         .await;
     hook.cleanup().await;
 }
+
+#[tokio::test]
+async fn shipped_configuration_is_valid_and_matches_the_tested_one() {
+    // config/webhook/manifests.yaml is the chart's template rendered; the apiserver
+    // validates it (CEL included) on a dry run, and its rules are the ones tested here.
+    let TestNamespace { client, .. } = test_namespace("adm-ship").await.unwrap();
+    let path = testkit::repo_root().join("config/webhook/manifests.yaml");
+    let shipped: ValidatingWebhookConfiguration =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    Api::<ValidatingWebhookConfiguration>::all(client)
+        .create(&dry, &shipped)
+        .await
+        .unwrap();
+    let tested =
+        registration::configuration(&registration("x", "y", "127.0.0.1:1".parse().unwrap(), ""));
+    let key = |c: &ValidatingWebhookConfiguration| {
+        c.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                (
+                    w.name.clone(),
+                    w.rules.clone(),
+                    w.match_conditions.clone(),
+                    w.side_effects.clone(),
+                    w.failure_policy.clone(),
+                    w.client_config
+                        .service
+                        .as_ref()
+                        .and_then(|s| s.path.clone()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut expected = key(&tested);
+    for (w, e) in shipped.webhooks.iter().flatten().zip(expected.iter_mut()) {
+        // The tested one reaches the webhook by URL; compare the paths.
+        e.5 = tested
+            .webhooks
+            .iter()
+            .flatten()
+            .find(|t| t.name == w.name)
+            .and_then(|t| t.client_config.url.clone())
+            .and_then(|u| u.strip_prefix("https://127.0.0.1:1").map(str::to_string));
+    }
+    assert_eq!(key(&shipped), expected);
+}
