@@ -548,31 +548,11 @@ async fn instance_rules_are_enforced() {
     let mut below = managed("u2", json!({}));
     below["spec"]["chart"]["url"] = json!("https://charts.example.org/stable");
     api.create(&pp, &instance(below)).await.unwrap();
-    // Cluster-id label against the registered Cluster.
-    let id = format!("cid-{ns}");
-    let clusters: Api<vworkspace_api::Cluster> = Api::all(hook.client.clone());
-    clusters
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
-                "metadata": {"name": format!("adm-{ns}")},
-                "spec": {"clusterId": id}
-            }))
-            .unwrap(),
-        )
+    // The cluster-id label is checked in `pull_mode_job_with_an_invalid_object_fails_naming_the_rule`
+    // (that test owns this control plane's one Cluster).
+    api.create(&pp, &instance(managed("c2", json!({}))))
         .await
         .unwrap();
-    let mut other = managed("c1", json!({}));
-    other["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": "someone-else"});
-    let m = denied(api.create(&pp, &instance(other)).await);
-    assert!(
-        m.contains("metadata.labels[app.vworkspace.io/cluster-id] is \"someone-else\""),
-        "{m}"
-    );
-    let mut ours = managed("c2", json!({}));
-    ours["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": id});
-    api.create(&pp, &instance(ours)).await.unwrap();
     // An UPDATE that leaves spec alone is not reviewed; one that changes it is.
     api.patch(
         "c2",
@@ -590,10 +570,6 @@ async fn instance_rules_are_enforced() {
         .await,
     );
     assert!(m.contains("\"apiKey\""), "{m}");
-    clusters
-        .delete(&format!("adm-{ns}"), &DeleteParams::default())
-        .await
-        .unwrap();
     hook.cleanup().await;
 }
 
@@ -919,4 +895,140 @@ async fn shipped_configuration_is_valid_and_matches_the_tested_one() {
             .and_then(|u| u.strip_prefix("https://127.0.0.1:1").map(str::to_string));
     }
     assert_eq!(key(&shipped), expected);
+}
+
+#[tokio::test]
+async fn pull_mode_job_with_an_invalid_object_fails_naming_the_rule() {
+    const CLUSTER_ID: &str = "0c3e1f52-adm1-4b7e-9a55-webhook00001";
+    const REG_TOKEN: &str = "vwksp-reg-admission000000000000000000000001";
+    let cp = testkit::ControlPlane::get().await.unwrap();
+    let (client, apps_ns) = labelled_namespace("adm-pull").await;
+    let op_ns = "vworkspace-system";
+    testkit::fixtures::create_namespace(&client, op_ns)
+        .await
+        .unwrap();
+
+    // The chart's objects in generated mode: a configuration without a caBundle, which
+    // the operator binary (started with --webhooks-enabled) fills in.
+    let port = support::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let configuration = format!("vworkspace-test-{apps_ns}");
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    vwcs.create(
+        &PostParams::default(),
+        &registration::configuration(&registration(&configuration, &apps_ns, addr, "")),
+    )
+    .await
+    .unwrap();
+    // The chart's RBAC plus its generated-mode caBundle rule.
+    let mut rules = support::chart_rules("manager-rules.yaml");
+    rules.push(
+        serde_json::from_value(json!({
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "resourceNames": [configuration],
+            "verbs": ["get", "update", "patch"]
+        }))
+        .unwrap(),
+    );
+    let kubeconfig = cp
+        .kubeconfig_for_service_account(
+            op_ns,
+            "vworkspace-operator",
+            rules,
+            support::chart_rules("namespace-rules.yaml"),
+        )
+        .await
+        .unwrap();
+    let mock = support::mock(REG_TOKEN, CLUSTER_ID).await;
+    let admin = mock.admin();
+    let mut operator = support::Operator::start_with(
+        kubeconfig,
+        op_ns,
+        &[
+            "--agent-poll-interval=2s",
+            "--webhooks-enabled",
+            &format!("--webhook-port={port}"),
+            &format!("--webhook-configuration-name={configuration}"),
+        ],
+    );
+    let ops: Api<Operation> = Api::namespaced(client.clone(), &apps_ns);
+    eventually(
+        "the operator's webhook to be called",
+        Duration::from_secs(60),
+        || async {
+            let probe = operation(&apps_ns, "probe", "Backup", "velero", "absent", json!({}));
+            match ops.create(&PostParams::default(), &probe).await {
+                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
+                Ok(_) => {
+                    ops.delete("probe", &DeleteParams::default()).await.unwrap();
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    let _clusters =
+        support::register_cluster(&client, op_ns, &mock.url(), CLUSTER_ID, REG_TOKEN).await;
+
+    // A job whose instance carries a password inline: refused at the door, and the
+    // control plane learns why from the job result.
+    let mut leaky = support::managed_instance(&apps_ns, "leaky", "1.0.0");
+    leaky["spec"]["values"]["inline"] = json!({"admin": {"password": "p4ss"}});
+    admin
+        .enqueue(
+            CLUSTER_ID,
+            &support::job("apply-leaky", "apply", "applicationinstance/leaky@1", leaky),
+        )
+        .await
+        .unwrap();
+    let r = admin
+        .wait_for_result("apply-leaky", Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, "failed", "{r:?}");
+    assert!(
+        r.error
+            .contains("inline secret material rejected at \"admin.password\""),
+        "{r:?}"
+    );
+    assert!(!r.error.contains("p4ss"), "{r:?}");
+    let apps: Api<ApplicationInstance> = Api::namespaced(client.clone(), &apps_ns);
+    assert!(apps.get_opt("leaky").await.unwrap().is_none());
+    // A valid one goes through (the agent stamps the registered cluster id, which matches).
+    admin
+        .enqueue(
+            CLUSTER_ID,
+            &support::job(
+                "apply-anchor",
+                "apply",
+                "applicationinstance/anchor@1",
+                support::placeholder(
+                    &apps_ns,
+                    "anchor",
+                    json!({"ops.vworkspace.io/runcommand": "job"}),
+                ),
+            ),
+        )
+        .await
+        .unwrap();
+    let r = admin
+        .wait_for_result("apply-anchor", Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, "succeeded", "{r:?}");
+
+    // Cluster-id label against the registered Cluster, written directly.
+    let pp = PostParams::default();
+    let mut other = support::managed_instance(&apps_ns, "c1", "1.0.0");
+    other["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": "someone-else"});
+    let m = denied(apps.create(&pp, &instance(other)).await);
+    assert!(m.contains(&format!("metadata.labels[app.vworkspace.io/cluster-id] is \"someone-else\" but this cluster is registered as \"{CLUSTER_ID}\"")), "{m}");
+    let mut ours = support::managed_instance(&apps_ns, "c2", "1.0.0");
+    ours["metadata"]["labels"] = json!({"app.vworkspace.io/cluster-id": CLUSTER_ID});
+    apps.create(&pp, &instance(ours)).await.unwrap();
+
+    operator.kill().await;
+    let _ = vwcs.delete(&configuration, &DeleteParams::default()).await;
 }

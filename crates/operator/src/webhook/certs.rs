@@ -376,8 +376,8 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(120);
         let merged = merge_bundle(
             bundle.as_bytes(),
-            &[b.ca_pem.clone()],
-            &[old.ca_pem.clone()],
+            std::slice::from_ref(&b.ca_pem),
+            std::slice::from_ref(&old.ca_pem),
             later,
         );
         let merged = String::from_utf8(merged).unwrap();
@@ -386,7 +386,12 @@ mod tests {
         assert_eq!(Some(entries[0].0.clone()), normalize(&a.ca_pem));
         assert_eq!(Some(entries[1].0.clone()), normalize(&b.ca_pem));
         // Idempotent.
-        let again = merge_bundle(merged.as_bytes(), &[b.ca_pem.clone()], &[], later);
+        let again = merge_bundle(
+            merged.as_bytes(),
+            std::slice::from_ref(&b.ca_pem),
+            &[],
+            later,
+        );
         assert_eq!(again, merged.into_bytes());
     }
 

@@ -41,10 +41,13 @@ async fn bounded<T>(
     }
 }
 
+/// When a group-version was read, and the plurals it serves (`None`: not served).
+type Discovered = (Instant, Option<BTreeSet<String>>);
+
 pub struct Lookups {
     client: kube::Client,
-    /// api_version → (when read, plurals served; `None`: group-version not served).
-    discovery: Mutex<HashMap<String, (Instant, Option<BTreeSet<String>>)>>,
+    /// By api_version.
+    discovery: Mutex<HashMap<String, Discovered>>,
 }
 
 impl Lookups {
