@@ -29,6 +29,16 @@ pub fn skips_lookups(new: &Value, old: Option<&Value>) -> bool {
     deleting || spec_unchanged
 }
 
+/// An Operation UPDATE whose stored phase is past Pending: the gates no longer apply
+/// (parameters are frozen by layer 1), so the lookups are skipped.
+pub fn operation_started(old: Option<&Value>) -> bool {
+    matches!(
+        old.and_then(|o| o.pointer("/status/phase"))
+            .and_then(Value::as_str),
+        Some("Running" | "Succeeded" | "Failed" | "Cancelled")
+    )
+}
+
 /// What an Operation review needs besides the object.
 pub struct OperationFacts<'a> {
     /// `spec.targetRef.name` in the Operation's namespace, when it exists.
@@ -45,6 +55,11 @@ pub struct OperationFacts<'a> {
 /// failure is the message). A missing claim on an approval-requiring Operation and a
 /// conflicting Operation are admitted: the controller keeps them Pending with a reason.
 pub fn review_operation(op: &Operation, facts: &OperationFacts<'_>) -> Result<(), String> {
+    // A cancelled Operation never runs: cancelling must work even when its target is
+    // gone or its claim expired.
+    if op.spec.cancel == Some(true) {
+        return Ok(());
+    }
     let template = gates::validate(op).map_err(|b| b.message)?;
     let target = gates::target_found(op, facts.target).map_err(|b| {
         format!(
@@ -133,6 +148,30 @@ mod tests {
             v["spec"]["approvals"] = json!({"claim": c});
         }
         op(v)
+    }
+
+    #[test]
+    fn cancel_and_started_operations_skip_the_lookups() {
+        let settings = Settings::default();
+        let all = |_: &ApiResource| true;
+        let f = OperationFacts {
+            target: None,
+            approval_secret: "",
+            now_seconds: 0,
+            settings: &settings,
+            served: &all,
+        };
+        let mut op = backup(None);
+        assert!(review_operation(&op, &f).is_err());
+        op.spec.cancel = Some(true);
+        assert_eq!(review_operation(&op, &f), Ok(()));
+        assert!(operation_started(Some(
+            &json!({"status": {"phase": "Running"}})
+        )));
+        assert!(!operation_started(Some(
+            &json!({"status": {"phase": "Pending"}})
+        )));
+        assert!(!operation_started(None));
     }
 
     #[test]

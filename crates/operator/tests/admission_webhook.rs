@@ -535,6 +535,29 @@ async fn instance_rules_are_enforced() {
     )
     .await
     .unwrap();
+    // What a person sees: `kubectl apply` of a refused object prints one actionable line.
+    let cp = testkit::ControlPlane::get().await.unwrap();
+    let file = std::env::temp_dir().join(format!("admission-{ns}-leaky.yaml"));
+    let leaky = managed("k1", json!({"smtp": {"password": "hunter2"}}));
+    std::fs::write(&file, serde_yaml::to_string(&leaky).unwrap()).unwrap();
+    let out = tokio::process::Command::new(cp.bin_dir.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("Error from server (Forbidden)")
+            && stderr.contains("spec.values.inline: inline secret material rejected at \"smtp.password\": use secretRef or configMapRef")
+            && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
     // Chart URL allow-list.
     let mut evil = managed("u1", json!({}));
     evil["spec"]["chart"]["url"] = json!("https://charts.example.org.evil.test");
@@ -581,16 +604,27 @@ async fn finalizers_and_deletion_never_wedge_and_a_down_webhook_fails_closed() {
     let ops = hook.ops();
     let pp = PostParams::default();
     create_target(&hook, "wiki", json!({"ops.vworkspace.io/backup": "velero"})).await;
-    for name in ["b1", "b2"] {
+    for name in ["b0", "b1", "b2"] {
         let mut op = operation(&ns, name, "Backup", "velero", "wiki", json!({}));
         op.metadata.finalizers = Some(vec!["ops.vworkspace.io/finalizer".into()]);
         ops.create(&pp, &op).await.unwrap();
     }
-    // The target goes away: both Operations are now invalid for rule #5.
+    // The target goes away: the Operations are now invalid for rule #5.
     hook.instances()
         .delete("wiki", &DeleteParams::default())
         .await
         .unwrap();
+    // A started Operation's spec changes are not re-checked against lookups.
+    testkit::fixtures::write_status_subresource(&ops, "b0", json!({"phase": "Running"}))
+        .await
+        .unwrap();
+    ops.patch(
+        "b0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"timeoutSeconds": 60}})),
+    )
+    .await
+    .unwrap();
     let remove_finalizer = Patch::Merge(json!({"metadata": {"finalizers": null}}));
     // Finalizer removal of an object being deleted goes through.
     ops.delete("b1", &DeleteParams::default()).await.unwrap();
@@ -617,6 +651,14 @@ async fn finalizers_and_deletion_never_wedge_and_a_down_webhook_fails_closed() {
         "b2",
         &PatchParams::default(),
         &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    // Cancelling is never sent to the webhook either.
+    ops.patch(
+        "b2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cancel": true}})),
     )
     .await
     .unwrap();

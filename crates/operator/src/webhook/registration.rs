@@ -25,6 +25,12 @@ pub const MATCH_SPEC_CHANGED: &str = "request.operation != 'UPDATE' || \
      (has(object.spec) != has(oldObject.spec)) || \
      (has(object.spec) && object.spec != oldObject.spec)";
 
+/// Operation webhook only: setting `spec.cancel: true` is never sent (a cancelled
+/// Operation never runs, so there is nothing to check, and cancelling must not depend on
+/// the webhook).
+pub const MATCH_NOT_CANCELLED: &str =
+    "!has(object.spec) || !has(object.spec.cancel) || object.spec.cancel != true";
+
 /// Where the apiserver reaches the webhook.
 #[derive(Clone, Debug)]
 pub enum Endpoint {
@@ -84,6 +90,22 @@ fn webhook(
     group: &str,
     plural: &str,
 ) -> ValidatingWebhook {
+    let mut conditions = vec![
+        MatchCondition {
+            name: "not-deleting".into(),
+            expression: MATCH_NOT_DELETING.into(),
+        },
+        MatchCondition {
+            name: "spec-changed".into(),
+            expression: MATCH_SPEC_CHANGED.into(),
+        },
+    ];
+    if plural == "operations" {
+        conditions.push(MatchCondition {
+            name: "not-cancelled".into(),
+            expression: MATCH_NOT_CANCELLED.into(),
+        });
+    }
     ValidatingWebhook {
         name: name.into(),
         admission_review_versions: vec!["v1".into()],
@@ -93,16 +115,7 @@ fn webhook(
         side_effects: "None".into(),
         timeout_seconds: Some(r.timeout_seconds),
         namespace_selector: Some(r.namespace_selector.clone()),
-        match_conditions: Some(vec![
-            MatchCondition {
-                name: "not-deleting".into(),
-                expression: MATCH_NOT_DELETING.into(),
-            },
-            MatchCondition {
-                name: "spec-changed".into(),
-                expression: MATCH_SPEC_CHANGED.into(),
-            },
-        ]),
+        match_conditions: Some(conditions),
         rules: Some(vec![RuleWithOperations {
             api_groups: Some(vec![group.into()]),
             api_versions: Some(vec!["v1alpha1".into()]),

@@ -106,6 +106,13 @@ async fn operation(State(s): State<Arc<Reviewer>>, Json(review): Json<Review>) -
     let Some(new) = needs_rules(&req) else {
         return respond(&req, "Operation", Ok(()));
     };
+    let old = req
+        .old_object
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok());
+    if admission::operation_started(old.as_ref()) {
+        return respond(&req, "Operation", Ok(()));
+    }
     let verdict = review_operation(&s, new).await;
     respond(&req, "Operation", verdict)
 }
