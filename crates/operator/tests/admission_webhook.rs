@@ -769,7 +769,6 @@ async fn generated_certificate_patches_the_ca_bundle_and_rotates_without_failed_
     let port = support::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let vwc = registration::configuration(&registration(&configuration, &ns, addr, ""));
-    vwcs.create(&PostParams::default(), &vwc).await.unwrap();
     let validity = Duration::from_secs(12);
     let mut cfg = config(
         CertSource::Generate(certs::GenerateConfig {
@@ -799,13 +798,16 @@ async fn generated_certificate_patches_the_ca_bundle_and_rotates_without_failed_
             })
             .collect()
     };
-    let first = bundle(&vwcs.get(&configuration).await.unwrap());
-    assert!(
-        first
-            .iter()
-            .all(|b| String::from_utf8_lossy(b).contains("BEGIN CERTIFICATE")),
-        "caBundle not patched"
-    );
+    // The configuration appears after the operator started (Helm's install order):
+    // the operator fills its caBundle once it exists.
+    vwcs.create(&PostParams::default(), &vwc).await.unwrap();
+    let first = eventually("the caBundle to be patched", WAIT, || async {
+        let b = bundle(&vwcs.get(&configuration).await.unwrap());
+        b.iter()
+            .all(|b| String::from_utf8_lossy(b).contains("BEGIN CERTIFICATE"))
+            .then_some(b)
+    })
+    .await;
     let hook = Hook {
         client: client.clone(),
         ns: ns.clone(),

@@ -229,8 +229,10 @@ impl Rotator {
 
     /// Publishes, then rotates before expiry, until `shutdown`.
     pub async fn run(self, store: Arc<CertStore>, shutdown: CancellationToken) {
-        // Heals a bundle reset by a `helm upgrade` and retries a failed publish.
+        // Heals a bundle reset by a `helm upgrade`; a failed publish is retried sooner.
         const RECHECK: Duration = Duration::from_secs(30);
+        const RETRY: Duration = Duration::from_secs(3);
+        let mut published = false;
         loop {
             let due = {
                 let s = self.state();
@@ -239,7 +241,7 @@ impl Rotator {
             let wait = due
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
-                .min(RECHECK);
+                .min(if published { RECHECK } else { RETRY });
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -249,9 +251,13 @@ impl Rotator {
             {
                 tracing::warn!(error = %format!("{e:#}"), "webhook certificate rotation");
             }
-            if let Err(e) = self.publish().await {
-                tracing::warn!(error = %format!("{e:#}"), "webhook caBundle");
-            }
+            published = match self.publish().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "webhook caBundle");
+                    false
+                }
+            };
         }
     }
 

@@ -81,10 +81,11 @@ pub async fn start(
         CertSource::Generate(g) => {
             let rotator = certs::Rotator::new(client.clone(), g.clone())?;
             let store = Arc::new(tls::CertStore::new(rotator.current_key()?));
-            rotator
-                .publish()
-                .await
-                .context("patching the caBundle of the ValidatingWebhookConfiguration")?;
+            // The configuration may not exist yet (installed after the Deployment):
+            // the rotator keeps trying, serving meanwhile.
+            if let Err(e) = rotator.publish().await {
+                tracing::warn!(error = %format!("{e:#}"), "webhook caBundle not published yet; retrying");
+            }
             tokio::spawn(rotator.run(store.clone(), shutdown.clone()));
             store
         }
