@@ -169,24 +169,7 @@ impl Hook {
     /// The apiserver picks a new configuration up asynchronously: wait until an Operation
     /// with a missing target is refused by this webhook.
     async fn wait_active(&self) {
-        let ops = self.ops();
-        eventually("the webhook to be called", WAIT, || async {
-            match ops
-                .create(
-                    &PostParams::default(),
-                    &operation(&self.ns, "probe", "Backup", "velero", "absent", json!({})),
-                )
-                .await
-            {
-                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
-                Ok(_) => {
-                    ops.delete("probe", &DeleteParams::default()).await.unwrap();
-                    None
-                }
-                Err(_) => None,
-            }
-        })
-        .await;
+        wait_until_called(&self.ops(), &self.ns).await;
     }
 
     fn ops(&self) -> Api<Operation> {
@@ -236,6 +219,36 @@ fn instance(v: Value) -> ApplicationInstance {
     serde_json::from_value(v).unwrap()
 }
 
+/// A JSON merge patch of `name`.
+async fn merge<K>(api: &Api<K>, name: &str, patch: Value) -> Result<K, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+}
+
+/// Until the apiserver calls the webhook registered for `ns`: an Operation with a
+/// missing target is refused (the configuration is picked up asynchronously).
+async fn wait_until_called(ops: &Api<Operation>, ns: &str) {
+    eventually(
+        "the webhook to be called",
+        Duration::from_secs(60),
+        || async {
+            let probe = operation(ns, "probe", "Backup", "velero", "absent", json!({}));
+            match ops.create(&PostParams::default(), &probe).await {
+                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
+                Ok(_) => {
+                    ops.delete("probe", &DeleteParams::default()).await.unwrap();
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+}
+
 /// The webhook's message of a refused request (panics when it was admitted).
 fn denied<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> String {
     match r {
@@ -267,53 +280,38 @@ async fn operation_rules_are_enforced_and_conflicts_admitted() {
     create_target(&hook, "wiki", json!({"ops.vworkspace.io/backup": "velero", "ops.vworkspace.io/restore": "velero", "ops.vworkspace.io/upgrade": "helm"})).await;
     create_target(&hook, "bare", json!({})).await;
 
-    // #5 target exists.
-    let m = denied(
-        ops.create(
-            &pp,
-            &operation(&ns, "b0", "Backup", "velero", "gone", json!({})),
-        )
-        .await,
+    // #5 target exists, #6 capability annotation, #7 parameters against the schema.
+    let gone = format!(
+        "admission webhook \"voperation.kb.io\" denied the request: spec.targetRef.name: \
+         ApplicationInstance \"gone\" not found in namespace \"{ns}\""
     );
-    assert!(
-        m.contains("admission webhook \"voperation.kb.io\" denied the request"),
-        "{m}"
-    );
-    assert!(
-        m.contains(&format!(
-            "spec.targetRef.name: ApplicationInstance \"gone\" not found in namespace \"{ns}\""
-        )),
-        "{m}"
-    );
-    // #6 capability annotation.
-    let m = denied(
-        ops.create(
-            &pp,
-            &operation(&ns, "b1", "Backup", "velero", "bare", json!({})),
-        )
-        .await,
-    );
-    assert!(
-        m.contains("missing capability") && m.contains("ops.vworkspace.io/backup: velero"),
-        "{m}"
-    );
-    // #7 parameters against the template schema.
-    let m = denied(
-        ops.create(
-            &pp,
-            &operation(&ns, "r0", "Restore", "velero", "wiki", json!({})),
-        )
-        .await,
-    );
-    assert!(m.contains("backupName"), "{m}");
-    let m = denied(
-        ops.create(
-            &pp,
-            &operation(&ns, "b2", "Backup", "velero", "wiki", json!({"nope": 1})),
-        )
-        .await,
-    );
-    assert!(m.contains("spec.parameters"), "{m}");
+    let refused = [
+        ("b0", "Backup", "gone", json!({}), vec![gone.as_str()]),
+        (
+            "b1",
+            "Backup",
+            "bare",
+            json!({}),
+            vec!["missing capability", "ops.vworkspace.io/backup: velero"],
+        ),
+        ("r0", "Restore", "wiki", json!({}), vec!["backupName"]),
+        (
+            "b2",
+            "Backup",
+            "wiki",
+            json!({"nope": 1}),
+            vec!["spec.parameters"],
+        ),
+    ];
+    for (name, t, target, params, fragments) in refused {
+        let m = denied(
+            ops.create(&pp, &operation(&ns, name, t, "velero", target, params))
+                .await,
+        );
+        for f in fragments {
+            assert!(m.contains(f), "{name}: {m}");
+        }
+    }
     // #8 a present claim must verify.
     let mut bad = operation(
         &ns,
@@ -404,23 +402,12 @@ async fn operation_rules_are_enforced_and_conflicts_admitted() {
         )
         .await
         .unwrap();
-    let m = denied(
-        ops.patch(
-            "b3",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"parameters": {"ttl": "48h"}}})),
-        )
-        .await,
-    );
+    let m = denied(merge(&ops, "b3", json!({"spec": {"parameters": {"ttl": "48h"}}})).await);
     assert!(m.contains("missing capability"), "{m}");
     // ... and a metadata-only UPDATE is not (spec unchanged).
-    ops.patch(
-        "b3",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
-    )
-    .await
-    .unwrap();
+    merge(&ops, "b3", json!({"metadata": {"labels": {"x": "y"}}}))
+        .await
+        .unwrap();
     hook.cleanup().await;
 }
 
@@ -577,18 +564,14 @@ async fn instance_rules_are_enforced() {
         .await
         .unwrap();
     // An UPDATE that leaves spec alone is not reviewed; one that changes it is.
-    api.patch(
-        "c2",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"a": "b"}}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "c2", json!({"metadata": {"annotations": {"a": "b"}}}))
+        .await
+        .unwrap();
     let m = denied(
-        api.patch(
+        merge(
+            &api,
             "c2",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"values": {"inline": {"apiKey": "k"}}}})),
+            json!({"spec": {"values": {"inline": {"apiKey": "k"}}}}),
         )
         .await,
     );
@@ -618,23 +601,11 @@ async fn finalizers_and_deletion_never_wedge_and_a_down_webhook_fails_closed() {
     testkit::fixtures::write_status_subresource(&ops, "b0", json!({"phase": "Running"}))
         .await
         .unwrap();
-    ops.patch(
-        "b0",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"timeoutSeconds": 60}})),
-    )
-    .await
-    .unwrap();
-    let remove_finalizer = Patch::Merge(json!({"metadata": {"finalizers": null}}));
-    // Finalizer removal of an object being deleted goes through.
-    ops.delete("b1", &DeleteParams::default()).await.unwrap();
-    ops.patch("b1", &PatchParams::default(), &remove_finalizer)
+    merge(&ops, "b0", json!({"spec": {"timeoutSeconds": 60}}))
         .await
         .unwrap();
-    eventually("b1 gone", WAIT, || async {
-        ops.get_opt("b1").await.unwrap().is_none().then_some(())
-    })
-    .await;
+    // Finalizer removal of an object being deleted goes through.
+    delete_and_release(&ops, "b1").await;
 
     // The webhook goes down. failurePolicy Fail: creating or changing spec fails ...
     hook.stop().await;
@@ -647,30 +618,28 @@ async fn finalizers_and_deletion_never_wedge_and_a_down_webhook_fails_closed() {
     );
     assert!(m.contains("failed calling webhook"), "{m}");
     // ... while metadata-only updates, finalizer removal and deletion still go through.
-    ops.patch(
-        "b2",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
-    )
-    .await
-    .unwrap();
-    // Cancelling is never sent to the webhook either.
-    ops.patch(
-        "b2",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"cancel": true}})),
-    )
-    .await
-    .unwrap();
-    ops.delete("b2", &DeleteParams::default()).await.unwrap();
-    ops.patch("b2", &PatchParams::default(), &remove_finalizer)
+    merge(&ops, "b2", json!({"metadata": {"labels": {"x": "y"}}}))
         .await
         .unwrap();
-    eventually("b2 gone", WAIT, || async {
-        ops.get_opt("b2").await.unwrap().is_none().then_some(())
+    // Cancelling is never sent to the webhook either.
+    merge(&ops, "b2", json!({"spec": {"cancel": true}}))
+        .await
+        .unwrap();
+    delete_and_release(&ops, "b2").await;
+    hook.cleanup().await;
+}
+
+/// Deletes Operation `name` and removes its finalizer, as the controller does; waits
+/// until it is gone.
+async fn delete_and_release(ops: &Api<Operation>, name: &str) {
+    ops.delete(name, &DeleteParams::default()).await.unwrap();
+    merge(ops, name, json!({"metadata": {"finalizers": null}}))
+        .await
+        .unwrap();
+    eventually(&format!("{name} gone"), WAIT, || async {
+        ops.get_opt(name).await.unwrap().is_none().then_some(())
     })
     .await;
-    hook.cleanup().await;
 }
 
 /// The error text of a failed request, whatever its code.
@@ -997,22 +966,7 @@ async fn pull_mode_job_with_an_invalid_object_fails_naming_the_rule() {
         ],
     );
     let ops: Api<Operation> = Api::namespaced(client.clone(), &apps_ns);
-    eventually(
-        "the operator's webhook to be called",
-        Duration::from_secs(60),
-        || async {
-            let probe = operation(&apps_ns, "probe", "Backup", "velero", "absent", json!({}));
-            match ops.create(&PostParams::default(), &probe).await {
-                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
-                Ok(_) => {
-                    ops.delete("probe", &DeleteParams::default()).await.unwrap();
-                    None
-                }
-                Err(_) => None,
-            }
-        },
-    )
-    .await;
+    wait_until_called(&ops, &apps_ns).await;
     let _clusters =
         support::register_cluster(&client, op_ns, &mock.url(), CLUSTER_ID, REG_TOKEN).await;
 

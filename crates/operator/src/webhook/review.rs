@@ -98,23 +98,40 @@ fn invalid(message: String) -> Json<Review> {
     Json(AdmissionResponse::invalid(message).into_review())
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Operation,
+    Instance,
+}
+
 async fn operation(State(s): State<Arc<Reviewer>>, Json(review): Json<Review>) -> Json<Review> {
+    handle(&s, review, Kind::Operation).await
+}
+
+async fn instance(State(s): State<Arc<Reviewer>>, Json(review): Json<Review>) -> Json<Review> {
+    handle(&s, review, Kind::Instance).await
+}
+
+async fn handle(s: &Reviewer, review: Review, kind: Kind) -> Json<Review> {
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
         Err(e) => return invalid(format!("malformed AdmissionReview: {e}")),
-    };
-    let Some(new) = needs_rules(&req) else {
-        return respond(&req, "Operation", Ok(()));
     };
     let old = req
         .old_object
         .as_ref()
         .and_then(|o| serde_json::to_value(o).ok());
-    if admission::operation_started(old.as_ref()) {
-        return respond(&req, "Operation", Ok(()));
-    }
-    let verdict = review_operation(&s, new).await;
-    respond(&req, "Operation", verdict)
+    let verdict = match (needs_rules(&req), kind) {
+        (None, _) => Ok(()),
+        (Some(_), Kind::Operation) if admission::operation_started(old.as_ref()) => Ok(()),
+        (Some(new), Kind::Operation) => review_operation(s, new).await,
+        (Some(new), Kind::Instance) => review_instance(s, new).await,
+    };
+    let name = match kind {
+        Kind::Operation => "Operation",
+        Kind::Instance => "ApplicationInstance",
+    };
+    respond(&req, name, verdict)
 }
 
 async fn review_operation(s: &Reviewer, new: Value) -> Result<(), String> {
@@ -152,18 +169,6 @@ async fn review_operation(s: &Reviewer, new: Value) -> Result<(), String> {
             served: &is_served,
         },
     )
-}
-
-async fn instance(State(s): State<Arc<Reviewer>>, Json(review): Json<Review>) -> Json<Review> {
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => return invalid(format!("malformed AdmissionReview: {e}")),
-    };
-    let Some(new) = needs_rules(&req) else {
-        return respond(&req, "ApplicationInstance", Ok(()));
-    };
-    let verdict = review_instance(&s, new).await;
-    respond(&req, "ApplicationInstance", verdict)
 }
 
 async fn review_instance(s: &Reviewer, new: Value) -> Result<(), String> {
