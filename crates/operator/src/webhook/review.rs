@@ -45,6 +45,8 @@ pub fn router(state: Arc<Reviewer>) -> axum::Router {
     axum::Router::new()
         .route(OPERATION_PATH, post(operation))
         .route(INSTANCE_PATH, post(instance))
+        // A review carries the object and its old version, each up to etcd's 1.5 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(state)
 }
 
