@@ -7,6 +7,7 @@
 //! `kube-core`, not on `kube`'s client or on tokio, so the compiler keeps IO out;
 //! `crates/operator` observes, calls these, and acts.
 
+pub mod admission;
 pub mod approval;
 pub mod cluster;
 pub mod engines;

@@ -18,6 +18,7 @@ use vworkspace_operator::logging::{self, Encoder};
 use vworkspace_operator::metrics::Metrics;
 use vworkspace_operator::metrics_auth;
 use vworkspace_operator::probes::{self, Readiness};
+use vworkspace_operator::webhook;
 
 #[derive(Parser)]
 #[command(name = "vworkspace-operator", version, about)]
@@ -90,15 +91,11 @@ struct RunArgs {
     /// Accepted for compatibility; servers speak HTTP/1.1.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     enable_http2: bool,
-    /// Admission webhooks are not part of this build; `true` is refused at start-up.
+    /// Serve the validating admission webhooks (spec §9) over TLS on `--webhook-port`.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     webhooks_enabled: bool,
-    #[arg(long, hide = true)]
-    webhook_cert_path: Option<String>,
-    #[arg(long, hide = true)]
-    webhook_cert_name: Option<String>,
-    #[arg(long, hide = true)]
-    webhook_cert_key: Option<String>,
+    #[command(flatten)]
+    webhook: WebhookArgs,
     /// Directory of the metrics serving certificate; empty → self-signed at start-up.
     #[arg(long)]
     metrics_cert_path: Option<String>,
@@ -178,6 +175,62 @@ struct RunArgs {
     agent_rotation_period: Duration,
     #[command(flatten)]
     legacy: LegacyAgentArgs,
+}
+
+/// Flags of the admission webhook.
+#[derive(Args, Clone, Debug)]
+struct WebhookArgs {
+    /// Webhook listener port (HTTPS).
+    #[arg(long, default_value_t = 9443)]
+    webhook_port: u16,
+    /// Directory holding the serving certificate (a mounted cert-manager Secret); the
+    /// files are reloaded when they change. Without it a certificate is generated.
+    #[arg(long, alias = "webhook-cert-path")]
+    webhook_cert_dir: Option<String>,
+    #[arg(long, default_value = "tls.crt")]
+    webhook_cert_name: String,
+    #[arg(long, default_value = "tls.key")]
+    webhook_cert_key: String,
+    /// ValidatingWebhookConfiguration whose caBundle a generated certificate patches.
+    #[arg(long, default_value = "vworkspace-operator-validating")]
+    webhook_configuration_name: String,
+    /// Service in front of the webhook (names in a generated certificate).
+    #[arg(long, default_value = "vworkspace-operator-webhook")]
+    webhook_service_name: String,
+    /// Lifetime of a generated certificate; it is rotated at two thirds.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    webhook_cert_validity: Duration,
+    /// Chart URL prefixes ApplicationInstances may use (comma-separated); empty allows all.
+    #[arg(long, value_delimiter = ',')]
+    webhook_allowed_chart_urls: Vec<String>,
+}
+
+fn webhook_config(args: &RunArgs) -> webhook::WebhookConfig {
+    let w = &args.webhook;
+    let certs = match w.webhook_cert_dir.as_deref().filter(|d| !d.is_empty()) {
+        Some(dir) => webhook::CertSource::Files {
+            dir: dir.into(),
+            cert_name: w.webhook_cert_name.clone(),
+            key_name: w.webhook_cert_key.clone(),
+            poll: Duration::from_secs(10),
+        },
+        None => webhook::CertSource::Generate(webhook::certs::GenerateConfig {
+            configuration: w.webhook_configuration_name.clone(),
+            hosts: webhook::certs::service_hosts(
+                &w.webhook_service_name,
+                &args.agent_credentials_namespace,
+            ),
+            validity: w.webhook_cert_validity,
+            propagation: Duration::from_secs(10),
+        }),
+    };
+    webhook::WebhookConfig {
+        bind: format!("0.0.0.0:{}", w.webhook_port),
+        certs,
+        approval_secret: args.approval_claim_secret.clone(),
+        allowed_chart_urls: w.webhook_allowed_chart_urls.clone(),
+        velero_namespace: args.velero_namespace.clone(),
+    }
 }
 
 fn parse_kind_rule(s: &str) -> Result<KindRule, String> {
@@ -263,12 +316,6 @@ async fn run(args: RunArgs) -> Result<()> {
     let log_control = logging::init(&args.zap_log_level, args.zap_encoder)
         .map_err(anyhow::Error::msg)
         .context("installing the logger")?;
-    if args.webhooks_enabled {
-        anyhow::bail!(
-            "--webhooks-enabled=true: admission webhooks are not part of this build; \
-             CRD schemas and CEL rules enforce the static checks"
-        );
-    }
     let legacy = &args.legacy;
     if legacy.control_plane_base_url.is_some()
         || legacy.odoo_base_url.is_some()
@@ -316,6 +363,13 @@ async fn run(args: RunArgs) -> Result<()> {
         client.clone(),
         shutdown.clone(),
     ));
+
+    if args.webhooks_enabled {
+        let (addr, _) = webhook::start(client.clone(), webhook_config(&args), shutdown.clone())
+            .await
+            .context("starting the admission webhook")?;
+        tracing::info!(address = %addr, "serving admission webhooks");
+    }
 
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
@@ -601,6 +655,18 @@ mod tests {
         .unwrap();
         assert!(cli.run.leader_elect);
         assert_eq!(cli.run.agent_poll_interval, Duration::from_secs(5));
+        let cli = Cli::try_parse_from([
+            "manager",
+            "--webhooks-enabled",
+            "--webhook-cert-path=/tmp/k8s-webhook-server/serving-certs",
+            "--webhook-allowed-chart-urls=https://a.example,oci://b.example/apps",
+        ])
+        .unwrap();
+        assert!(cli.run.webhooks_enabled);
+        let cfg = webhook_config(&cli.run);
+        assert_eq!(cfg.bind, "0.0.0.0:9443");
+        assert_eq!(cfg.allowed_chart_urls.len(), 2);
+        assert!(matches!(cfg.certs, webhook::CertSource::Files { .. }));
         let cli = Cli::try_parse_from(["manager", "run", "--leader-elect"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run(a)) if a.leader_elect));
     }

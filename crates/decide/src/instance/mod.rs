@@ -10,6 +10,7 @@
 //! executes it; applying the children is the one step whose result feeds the status,
 //! through [`after_apply`].
 
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -270,7 +271,9 @@ pub fn decide(o: &Observed, now: jiff::Timestamp) -> Plan {
     }
     let namespace = inst.namespace().unwrap_or_default();
     let mut draft = Draft::new(inst, Time(now));
-    if let Err(message) = validate_application_instance(&inst.spec, &namespace) {
+    if let Err(message) = validate_application_instance(&inst.spec, &namespace)
+        .and_then(|()| policy::inline_secrets(&inst.spec))
+    {
         return blocked(draft, r::VALIDATION_FAILED, message);
     }
     draft.status.observed_generation = inst.metadata.generation;

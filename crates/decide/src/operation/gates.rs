@@ -89,16 +89,7 @@ pub fn admit<'a>(
     approval_secret: &str,
     now_seconds: i64,
 ) -> Result<&'a ApplicationInstance, Block> {
-    let ns = op.namespace().unwrap_or_default();
-    let Some(target) = target else {
-        return Err(block(
-            r::TARGET_NOT_FOUND,
-            format!(
-                "ApplicationInstance {:?} not found in namespace {ns:?}",
-                op.spec.target_ref.name
-            ),
-        ));
-    };
+    let target = target_found(op, target)?;
     if let Some(why) = target_not_ready(target, op.spec.r#type) {
         return Err(block(r::TARGET_NOT_READY, why));
     }
@@ -113,20 +104,76 @@ pub fn admit<'a>(
             ),
         ));
     }
+    capability(op, template, target)?;
+    Ok(target)
+}
+
+/// The target ApplicationInstance exists (spec §9.2 #5); shared by the controller's
+/// gate and the admission webhook.
+pub fn target_found<'a>(
+    op: &Operation,
+    target: Option<&'a ApplicationInstance>,
+) -> Result<&'a ApplicationInstance, Block> {
+    let ns = op.namespace().unwrap_or_default();
+    target.ok_or_else(|| {
+        block(
+            r::TARGET_NOT_FOUND,
+            format!(
+                "ApplicationInstance {:?} not found in namespace {ns:?}",
+                op.spec.target_ref.name
+            ),
+        )
+    })
+}
+
+/// The target declares `ops.vworkspace.io/<verb>: <engine>` (spec §9.2 #6).
+pub fn capability(
+    op: &Operation,
+    template: &Template,
+    target: &ApplicationInstance,
+) -> Result<(), Block> {
     let key = format!("{}{}", keys::CAPABILITY_PREFIX, template.verb);
     let engine = engines::engine_name(op.spec.engine);
     let declared = target.annotations().get(&key).map(|v| v.trim().to_string());
-    if declared.as_deref() != Some(engine.as_str()) {
-        return Err(block(
-            r::CAPABILITY_MISSING,
-            format!(
-                "ApplicationInstance {:?} does not declare {key}: {engine} (found {})",
-                target.name_any(),
-                declared.map_or("nothing".to_string(), |d| format!("{d:?}"))
-            ),
-        ));
+    if declared.as_deref() == Some(engine.as_str()) {
+        return Ok(());
     }
-    Ok(target)
+    Err(block(
+        r::CAPABILITY_MISSING,
+        format!(
+            "ApplicationInstance {:?} does not declare {key}: {engine} (found {})",
+            target.name_any(),
+            declared.map_or("nothing".to_string(), |d| format!("{d:?}"))
+        ),
+    ))
+}
+
+/// The engine's workload kinds are served (`EngineNotInstalled`): `served` answers for
+/// one API resource (discovery in the webhook, the apiserver's 404 in the controller).
+pub fn engine_installed(
+    template: &Template,
+    settings: &engines::Settings,
+    served: impl Fn(&kube_core::ApiResource) -> bool,
+) -> Result<(), Block> {
+    match template
+        .runner
+        .resources(settings)
+        .into_iter()
+        .find(|(ar, _)| !served(ar))
+    {
+        Some((ar, _)) => Err(not_served(&ar.kind, &ar.api_version)),
+        None => Ok(()),
+    }
+}
+
+/// The block of an Operation whose workload kind is not served by the cluster.
+pub fn not_served(kind: &str, api_version: &str) -> Block {
+    block(
+        r::ENGINE_NOT_INSTALLED,
+        format!(
+            "{kind} ({api_version}) is not served by this cluster: install its controller and CRDs"
+        ),
+    )
 }
 
 /// Approval (spec §8.11): required by the template or `spec.approvals.required`; the
@@ -143,20 +190,33 @@ fn approval_gate(
     if !required {
         return Ok(());
     }
-    let claim = approvals
-        .and_then(|a| a.claim.as_deref())
-        .map(str::trim)
-        .unwrap_or("");
-    if claim.is_empty() {
+    if claim(op).is_empty() {
         return Err(block(
             r::AWAITING_APPROVAL,
             "approval claim required in spec.approvals.claim",
         ));
     }
+    verify_claim(op, secret, now_seconds)
+}
+
+/// `spec.approvals.claim`, trimmed ("" when absent).
+pub fn claim(op: &Operation) -> &str {
+    op.spec
+        .approvals
+        .as_ref()
+        .and_then(|a| a.claim.as_deref())
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// Verifies the Operation's claim and its bindings (spec §8.11): the controller's gate
+/// for a required approval, and admission for any present claim (§9.2 #8).
+pub fn verify_claim(op: &Operation, secret: &str, now_seconds: i64) -> Result<(), Block> {
+    let approvals = op.spec.approvals.as_ref();
     let ns = op.namespace().unwrap_or_default();
     let uid = op.uid().unwrap_or_default();
     let op_type = engines::type_name(op.spec.r#type);
-    approval::verify(claim, secret, &op.name_any(), now_seconds)
+    approval::verify(claim(op), secret, &op.name_any(), now_seconds)
         .and_then(|claims| {
             approval::check_binding(
                 &claims,

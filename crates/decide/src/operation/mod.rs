@@ -477,12 +477,7 @@ pub fn after_start(
             fail(draft, format!("the {kind} rejected the change: {message}"))
         }
         StartOutcome::NotServed { kind, api_version } => {
-            let b = Block {
-                reason: r::ENGINE_NOT_INSTALLED,
-                message: format!(
-                    "{kind} ({api_version}) is not served by this cluster: install its controller and CRDs"
-                ),
-            };
+            let b = gates::not_served(&kind, &api_version);
             draft.blocked(b.reason, b.message.clone());
             Plan {
                 decision: Decision::Block(b),
