@@ -116,6 +116,12 @@ pub fn classify(e: kube::Error, what: &str) -> ApplyError {
                 message: s.message.clone(),
             }
         }
+        // Admission answers a denial with whatever code its author chose (webhooks often
+        // 403): it is a verdict on the object, not missing RBAC, so it is reported as such
+        // and not retried.
+        kube::Error::Api(s) if is_admission_denial(&s.message) => {
+            ApplyError::Malformed(format!("{what}: refused by admission: {}", s.message))
+        }
         kube::Error::Api(s) if s.code == 403 => ApplyError::Api(format!(
             "{what}: forbidden by RBAC (grant the operator's ServiceAccount access): {}",
             s.message
@@ -125,6 +131,13 @@ pub fn classify(e: kube::Error, what: &str) -> ApplyError {
         }
         other => ApplyError::Api(format!("{what}: {other}")),
     }
+}
+
+/// The API server's wording for a refusal by a validating webhook or a
+/// ValidatingAdmissionPolicy.
+fn is_admission_denial(message: &str) -> bool {
+    (message.contains("admission webhook") && message.contains("denied the request"))
+        || (message.starts_with("ValidatingAdmissionPolicy") && message.contains("denied request"))
 }
 
 /// Managers and field paths of a server-side-apply conflict. Causes look like
@@ -637,6 +650,38 @@ mod tests {
     use super::*;
     use kube::core::response::{StatusCause, StatusDetails};
     use serde_json::json;
+
+    #[test]
+    fn admission_denials_are_verdicts_not_rbac() {
+        let webhook = kube::core::Status::failure(
+            "admission webhook \"vapplicationinstance.kb.io\" denied the request: spec.values.inline: inline secret material rejected",
+            "Forbidden",
+        )
+        .with_code(403);
+        let e = classify(kube::Error::Api(Box::new(webhook)), "apply wiki");
+        assert!(
+            matches!(&e, ApplyError::Malformed(m) if m.contains("refused by admission") && !m.contains("RBAC")),
+            "{e:?}"
+        );
+        let policy = kube::core::Status::failure(
+            "ValidatingAdmissionPolicy 'vworkspace-applicationinstances' with binding 'b' denied request: spec.release.namespace must match",
+            "Invalid",
+        )
+        .with_code(422);
+        let e = classify(kube::Error::Api(Box::new(policy)), "apply wiki");
+        assert!(
+            matches!(&e, ApplyError::Malformed(m) if m.contains("refused by admission")),
+            "{e:?}"
+        );
+        let rbac =
+            kube::core::Status::failure("secrets is forbidden: User cannot list", "Forbidden")
+                .with_code(403);
+        let e = classify(kube::Error::Api(Box::new(rbac)), "apply wiki");
+        assert!(
+            matches!(&e, ApplyError::Api(m) if m.contains("RBAC")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn conflict_names_manager_and_fields() {
