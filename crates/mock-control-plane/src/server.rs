@@ -680,11 +680,15 @@ async fn inject(State(s): State<S>, req: Request, next: Next) -> Response<Body> 
 /// on unchanged (bodies of unknown or large length pass through uncaptured, so the
 /// mock's own size limits still answer them).
 async fn capture(s: &Shared, endpoint: &str, req: Request) -> Request {
-    let len = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = req.headers().get("content-length");
+    let chunked = req.headers().contains_key("transfer-encoding");
+    // No length and not chunked: HTTP/1.1 says there is no body (polls are GETs).
+    let len = match declared {
+        None if !chunked => Some(0),
+        d => d
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok()),
+    };
     let Some(len) = len.filter(|l| *l <= MAX_CAPTURED_BODY) else {
         s.captured.skip();
         return req;

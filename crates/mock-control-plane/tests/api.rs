@@ -866,6 +866,7 @@ async fn request_bodies_are_captured_for_scans() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(agent.poll("0").await.0, 200);
     // Larger than the capture limit: passed on to the handler, counted, not kept.
     let big = "y".repeat(2 * 1024 * 1024);
     let _ = agent
@@ -876,7 +877,8 @@ async fn request_bodies_are_captured_for_scans() {
         .unwrap();
     let (bodies, uncaptured) = admin.request_bodies().await.unwrap();
     let endpoints: Vec<&str> = bodies.iter().map(|b| b.endpoint.as_str()).collect();
-    assert_eq!(endpoints, ["register", "events"]);
+    assert_eq!(endpoints, ["register", "events", "jobs"]);
+    assert!(bodies[2].body.is_empty() && bodies[2].path.contains("wait=0"));
     assert!(bodies[0].body.contains(REG), "{:?}", bodies[0]);
     assert!(bodies[1].body.contains("\"events\":[]"), "{:?}", bodies[1]);
     assert_eq!(bodies[1].path, "/api/agent/events");
