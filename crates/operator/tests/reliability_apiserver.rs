@@ -263,6 +263,27 @@ async fn watches_and_controllers_recover_after_an_apiserver_restart() {
 
     let _apiserver = restart_apiserver(cp, &api).await;
     let back = std::time::Instant::now();
+    // Progress, for the figures and for a run that stalls.
+    let progress = {
+        let (instances, releases) = (instances.clone(), releases.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                let i = instances
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items.len());
+                let r = releases
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items.len());
+                eprintln!(
+                    "{:.0}s after the restart: {i:?} instances, {r:?} HelmReleases",
+                    back.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
     api.create(&PostParams::default(), &cm("after"))
         .await
         .unwrap();
@@ -281,11 +302,11 @@ async fn watches_and_controllers_recover_after_an_apiserver_restart() {
         .create(&PostParams::default(), &wiki(&ns, "after"))
         .await
         .unwrap();
-    eventually(
-        "HelmRelease of 'after'",
-        Duration::from_secs(90),
-        || async { releases.get_opt("after").await.ok().flatten() },
-    )
+    // Behind the backlog of `many` instances queued across the restart.
+    let after_within = Duration::from_secs(90) + Duration::from_millis(500) * many as u32;
+    eventually("HelmRelease of 'after'", after_within, || async {
+        releases.get_opt("after").await.ok().flatten()
+    })
     .await;
     // Every instance converges without a controller restart: a HelmRelease each, and
     // Ready once Flux (played here) reports its release.
@@ -297,6 +318,7 @@ async fn watches_and_controllers_recover_after_an_apiserver_restart() {
          {:.0}s after the apiserver was back; lost 0",
         back.elapsed().as_secs_f64()
     );
+    progress.abort();
     // What the watches went through (for docs/reliability.md).
     for e in errors.lock().unwrap().iter() {
         eprintln!("watch error: {}", &e[..e.len().min(300)]);
