@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use vworkspace_protocol::{Event, Job, JobResult, RotateResponse, StatusUpdate};
 
-use crate::{ADMIN_HEADER, Fault, JobInfo};
+use crate::{ADMIN_HEADER, CapturedRequest, Fault, JobInfo};
 
 #[derive(Clone)]
 pub struct AdminClient {
@@ -226,6 +226,17 @@ impl AdminClient {
     pub async fn request_count(&self, endpoint: &str) -> Result<u64> {
         let v: Value = self.get("/api/admin/requests").await?.unwrap_or_default();
         Ok(v["requests"][endpoint].as_u64().unwrap_or(0))
+    }
+
+    /// Every agent request body received since the start or the last reset, and how many
+    /// requests were too large to keep (see `capture::MAX_CAPTURED_BODY`).
+    pub async fn request_bodies(&self) -> Result<(Vec<CapturedRequest>, u64)> {
+        let v: Value = self
+            .get("/api/admin/requests/bodies")
+            .await?
+            .unwrap_or_default();
+        let requests = serde_json::from_value(v["requests"].clone())?;
+        Ok((requests, v["uncaptured"].as_u64().unwrap_or(0)))
     }
 
     /// Clears jobs, results, status updates, events, faults and request counts (tokens stay).

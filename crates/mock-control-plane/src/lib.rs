@@ -7,11 +7,13 @@
 //! restart with the same database loses nothing.
 
 mod admin;
+mod capture;
 mod faults;
 mod server;
 mod store;
 
 pub use admin::AdminClient;
+pub use capture::CapturedRequest;
 pub use faults::Fault;
 pub use server::{MockConfig, MockServer, router};
 pub use store::{JobInfo, JobState};

@@ -20,6 +20,7 @@ use vworkspace_protocol::{
 };
 
 use crate::ADMIN_HEADER;
+use crate::capture::{Capture, CapturedRequest, MAX_CAPTURED_BODY};
 use crate::faults::{FAULT_ENDPOINTS, Fault, Faults, endpoint_of};
 use crate::store::{Registration, ResultWrite, Store, now_ms};
 
@@ -85,6 +86,8 @@ pub(crate) struct Shared {
     requests: Mutex<BTreeMap<&'static str, u64>>,
     /// Wakes long polls when a job is enqueued.
     enqueued: Notify,
+    /// Bodies of agent requests, for scans of what left the cluster.
+    captured: Capture,
 }
 
 type S = Arc<Shared>;
@@ -629,11 +632,20 @@ async fn admin_requests(State(s): State<S>) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "requests": counts }))
 }
 
+async fn admin_request_bodies(State(s): State<S>) -> Response {
+    let (requests, uncaptured) = s.captured.snapshot();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "requests": requests, "uncaptured": uncaptured }),
+    )
+}
+
 async fn admin_reset(State(s): State<S>) -> Response {
     s.faults.clear();
     if let Ok(mut r) = s.requests.lock() {
         r.clear();
     }
+    s.captured.clear();
     match s.store.reset() {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => internal(e),
@@ -645,6 +657,10 @@ async fn inject(State(s): State<S>, req: Request, next: Next) -> Response<Body> 
     if let (Some(e), Ok(mut counts)) = (endpoint, s.requests.lock()) {
         *counts.entry(e).or_default() += 1;
     }
+    let req = match endpoint {
+        Some(e) => capture(&s, e, req).await,
+        None => req,
+    };
     let Some(injected) = endpoint.and_then(|e| s.faults.take(e)) else {
         return next.run(req).await;
     };
@@ -658,6 +674,45 @@ async fn inject(State(s): State<S>, req: Request, next: Next) -> Response<Body> 
         Some(r) => r,
         None => next.run(req).await,
     }
+}
+
+/// Keeps a copy of the body when its declared length is small enough; the request goes
+/// on unchanged (bodies of unknown or large length pass through uncaptured, so the
+/// mock's own size limits still answer them).
+async fn capture(s: &Shared, endpoint: &str, req: Request) -> Request {
+    let declared = req.headers().get("content-length");
+    let chunked = req.headers().contains_key("transfer-encoding");
+    // No length and not chunked: HTTP/1.1 says there is no body (polls are GETs).
+    let len = match declared {
+        None if !chunked => Some(0),
+        d => d
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok()),
+    };
+    let Some(len) = len.filter(|l| *l <= MAX_CAPTURED_BODY) else {
+        s.captured.skip();
+        return req;
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, len).await {
+        Ok(b) => b,
+        Err(_) => {
+            // The body did not match its length; the handler sees an empty one.
+            s.captured.skip();
+            return Request::from_parts(parts, Body::empty());
+        }
+    };
+    s.captured.keep(CapturedRequest {
+        endpoint: endpoint.to_string(),
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    });
+    Request::from_parts(parts, Body::from(bytes))
 }
 
 /// The whole application, for embedding.
@@ -683,6 +738,7 @@ fn build(config: MockConfig) -> anyhow::Result<(Router, S)> {
         faults: Faults::default(),
         requests: Mutex::default(),
         enqueued: Notify::new(),
+        captured: Capture::default(),
     });
     let admin = Router::new()
         .route("/api/admin/enqueue", post(admin_enqueue))
@@ -701,6 +757,7 @@ fn build(config: MockConfig) -> anyhow::Result<(Router, S)> {
             post(admin_faults).delete(admin_clear_faults),
         )
         .route("/api/admin/requests", get(admin_requests))
+        .route("/api/admin/requests/bodies", get(admin_request_bodies))
         .route("/api/admin/reset", post(admin_reset))
         .layer(middleware::from_fn_with_state(shared.clone(), admin_auth));
     let agent = Router::new()

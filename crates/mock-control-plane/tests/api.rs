@@ -852,3 +852,37 @@ async fn restart_keeps_events_status_updates_and_rotated_tokens() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn request_bodies_are_captured_for_scans() {
+    let server = MockServer::start(config()).await.unwrap();
+    let agent = registered(&server).await;
+    let admin = server.admin();
+    let r = agent
+        .req(reqwest::Method::POST, "/api/agent/events")
+        .header("content-type", MEDIA_TYPE)
+        .body(json!({"clusterId": CLUSTER, "events": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(agent.poll("0").await.0, 200);
+    // Larger than the capture limit: passed on to the handler, counted, not kept.
+    let big = "y".repeat(2 * 1024 * 1024);
+    let _ = agent
+        .req(reqwest::Method::POST, "/api/agent/events")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let (bodies, uncaptured) = admin.request_bodies().await.unwrap();
+    let endpoints: Vec<&str> = bodies.iter().map(|b| b.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["register", "events", "jobs"]);
+    assert!(bodies[2].body.is_empty() && bodies[2].path.contains("wait=0"));
+    assert!(bodies[0].body.contains(REG), "{:?}", bodies[0]);
+    assert!(bodies[1].body.contains("\"events\":[]"), "{:?}", bodies[1]);
+    assert_eq!(bodies[1].path, "/api/agent/events");
+    assert_eq!(uncaptured, 1);
+    admin.reset().await.unwrap();
+    assert_eq!(admin.request_bodies().await.unwrap(), (vec![], 0));
+}

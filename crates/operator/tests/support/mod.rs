@@ -9,6 +9,7 @@ mod binary;
 mod control_plane;
 mod instances;
 mod operations;
+mod replica;
 
 pub use binary::{Operator, chart_identity, chart_rules, free_port};
 pub use control_plane::{job, mock, register_cluster};
@@ -16,4 +17,5 @@ pub use instances::{
     helm_chart, instance, instance_controller_reports, managed_instance, placeholder,
 };
 pub use operations::{Env, SECRET, WAIT, message, reason};
+pub use replica::start_replica;
 pub use testkit::fixtures::eventually;

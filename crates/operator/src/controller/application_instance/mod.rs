@@ -113,14 +113,15 @@ where
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let (store, writer) = reflector::store();
-    let primary = watcher(
-        scoped::<ApplicationInstance>(&client, namespace),
-        ctx.primary_watch_config(),
+    let primary = kit::applied_after_list(
+        watcher(
+            scoped::<ApplicationInstance>(&client, namespace),
+            ctx.primary_watch_config(),
+        )
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer),
     )
-    .default_backoff()
-    .modify(strip)
-    .reflect(writer)
-    .applied_objects()
     .predicate_filter(instance_trigger, PredicateConfig::default());
     let controller = Controller::for_stream(primary, store.clone())
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY))

@@ -40,6 +40,7 @@
 
 mod backoff;
 mod error;
+mod relist;
 mod status;
 
 use std::future::Future;
@@ -57,6 +58,7 @@ use tracing::Instrument;
 
 pub use backoff::{Backoff, Backoffs, TriggerBackoff};
 pub use error::{AtStage, Cause, Error, Stage, category};
+pub use relist::applied_after_list;
 pub use status::Conditioned;
 
 use super::events::{self, Notice};

@@ -88,11 +88,19 @@ where
 pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let config = config.decide_config();
-    let controller = Controller::new(
-        scoped::<Operation>(&client, namespace),
-        ctx.primary_watch_config(),
-    )
-    .trigger_backoff(kit::TriggerBackoff::default());
+    // As `Controller::new`, but a re-list's Operations reach the controller only once its
+    // store holds them (kit::applied_after_list).
+    let (primary_store, primary_writer) = reflector::store();
+    let primary = kit::applied_after_list(
+        watcher(
+            scoped::<Operation>(&client, namespace),
+            ctx.primary_watch_config(),
+        )
+        .default_backoff()
+        .reflect(primary_writer),
+    );
+    let controller = Controller::for_stream(primary, primary_store)
+        .trigger_backoff(kit::TriggerBackoff::default());
     let store = controller.store();
     // Workloads carry the Operation UID as a label; map them back through the store.
     let by_uid = move |labels: &BTreeMap<String, String>| {
