@@ -1,7 +1,9 @@
 //! What the scenarios share: clients, the operator binary, the benchmark instance, the
 //! watches convergence is judged on, and the apiserver's request counters.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -83,6 +85,63 @@ pub async fn client(kubeconfig: &Path) -> Result<Client> {
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?,
     )?)
 }
+
+/// Requests one client sent, by (verb, resource, subresource) as the apiserver counts
+/// them, so the operator's own share of the apiserver's totals is known.
+pub type Own = Arc<Mutex<BTreeMap<(String, String, String), u64>>>;
+
+/// The apiserver's verb and resource of a request path: `/api/v1/...` or
+/// `/apis/<group>/<version>/...`, optionally `namespaces/<ns>/`, then
+/// `<resource>[/<name>[/<subresource>]]`.
+pub fn classify(method: &str, path: &str, query: &str, apply: bool) -> (String, String, String) {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest: &[&str] = match segs.first() {
+        Some(&"api") => segs.get(2..).unwrap_or_default(),
+        Some(&"apis") => segs.get(3..).unwrap_or_default(),
+        _ => &[],
+    };
+    let rest = match rest {
+        ["namespaces", _, more @ ..] if !more.is_empty() => more,
+        r => r,
+    };
+    let resource = rest.first().copied().unwrap_or_default().to_string();
+    let named = rest.len() > 1;
+    let sub = rest.get(2).copied().unwrap_or_default().to_string();
+    let verb = match method {
+        "GET" if query.split('&').any(|kv| kv == "watch=true") => "WATCH",
+        "GET" if named => "GET",
+        "GET" => "LIST",
+        "PATCH" if apply => "APPLY",
+        m => m,
+    };
+    (verb.to_string(), resource, sub)
+}
+
+/// A client like [`client`] that also counts what it sends into `own`.
+pub async fn counting_client(kubeconfig: &Path, own: Own) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let apply = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+        let key = classify(
+            req.method().as_str(),
+            req.uri().path(),
+            req.uri().query().unwrap_or_default(),
+            apply,
+        );
+        if let Ok(mut o) = own.lock() {
+            *o.entry(key).or_default() += 1;
+        }
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
+}
+
 /// A managed instance as the control plane writes it (chart `wiki`, inline values).
 pub fn instance(ns: &str, name: &str, finalizer: bool) -> Result<ApplicationInstance> {
     let mut v = json!({
@@ -209,4 +268,47 @@ pub async fn scrape(client: &Client) -> Result<Requests> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
     Ok(parse_requests(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+
+    fn c(m: &str, p: &str, q: &str, apply: bool) -> (String, String, String) {
+        classify(m, p, q, apply)
+    }
+
+    #[test]
+    fn request_paths_map_to_the_apiservers_verbs_and_resources() {
+        let t = |v: &str, r: &str, s: &str| (v.to_string(), r.to_string(), s.to_string());
+        let inst = "/apis/apps.vworkspace.io/v1alpha1/namespaces/ns/applicationinstances";
+        assert_eq!(
+            c("GET", inst, "", false),
+            t("LIST", "applicationinstances", "")
+        );
+        assert_eq!(
+            c("GET", inst, "watch=true&resourceVersion=1", false),
+            t("WATCH", "applicationinstances", "")
+        );
+        assert_eq!(
+            c("GET", &format!("{inst}/a"), "", false),
+            t("GET", "applicationinstances", "")
+        );
+        assert_eq!(
+            c("PATCH", &format!("{inst}/a/status"), "fieldManager=x", true),
+            t("APPLY", "applicationinstances", "status")
+        );
+        assert_eq!(
+            c("POST", "/api/v1/namespaces/ns/events", "", false),
+            t("POST", "events", "")
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces", "", false),
+            t("LIST", "namespaces", "")
+        );
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/ns", "", false),
+            t("GET", "namespaces", "")
+        );
+    }
 }

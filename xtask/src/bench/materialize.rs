@@ -17,6 +17,7 @@
 //! before and after it; for the operator the count waits until the controller has been
 //! idle for [`SETTLE`], so self-triggered passes after convergence are counted too.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use vworkspace_operator::flux::{ChartSource, desired_children};
 use vworkspace_operator::kinds::flux::{HelmRelease, HelmRepository};
 use vworkspace_operator::metrics::Metrics;
 
-use super::kit::{TIMEOUT, Watched, client, instance, scrape, settle};
+use super::kit::{Own, TIMEOUT, Watched, client, counting_client, instance, scrape, settle};
 use super::stats::{Requests, diff, is_write, median, spread};
 use super::{Args, Env};
 
@@ -69,6 +70,30 @@ struct Sample {
     requests: Requests,
     /// Operator only: reconcile passes of the ApplicationInstance controller.
     reconciles: Option<u64>,
+    /// Operator only: the requests its own client sent (the rest of `requests` came from
+    /// the harness and the control plane's controllers).
+    own: Option<Own>,
+}
+
+/// What `own` counted since `before`.
+fn own_diff(
+    now: &Own,
+    before: &BTreeMap<(String, String, String), u64>,
+) -> BTreeMap<(String, String, String), u64> {
+    now.lock()
+        .map(|n| {
+            n.iter()
+                .filter_map(|(k, v)| {
+                    let d = v - before.get(k).copied().unwrap_or(0);
+                    (d > 0).then(|| (k.clone(), d))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn snapshot(own: &Own) -> BTreeMap<(String, String, String), u64> {
+    own.lock().map(|o| o.clone()).unwrap_or_default()
 }
 
 /// One materialize run and the teardown of what it made.
@@ -120,10 +145,13 @@ async fn materialize_and_teardown(
     testkit::fixtures::create_namespace(admin, ns).await?;
     let watched = Watched::start(admin, ns).await?;
     let metrics = Arc::new(Metrics::new());
+    let own: Own = Arc::default();
     let controller = match who {
         Who::Operator => {
-            let ctx =
-                Arc::new(Context::new(client(kubeconfig).await?).with_metrics(metrics.clone()));
+            let ctx = Arc::new(
+                Context::new(counting_client(kubeconfig, own.clone()).await?)
+                    .with_metrics(metrics.clone()),
+            );
             let scope = ns.to_string();
             let handle =
                 tokio::spawn(async move { application_instance::run(ctx, Some(&scope)).await });
@@ -135,6 +163,7 @@ async fn materialize_and_teardown(
     };
     let writer = client(kubeconfig).await?;
     let before = scrape(admin).await?;
+    let own_before = snapshot(&own);
     let started = Instant::now();
     let api: Api<ApplicationInstance> = Api::namespaced(writer.clone(), ns);
     futures::stream::iter(0..args.instances())
@@ -171,11 +200,14 @@ async fn materialize_and_teardown(
         }
     };
     let after = scrape(admin).await?;
+    let own_materialize = own_diff(&own, &own_before);
+    let own_before = snapshot(&own);
     let materialize = Sample {
         who,
         seconds,
         requests: diff(&before, &after),
         reconciles,
+        own: (who == Who::Operator).then(|| Arc::new(std::sync::Mutex::new(own_materialize))),
     };
 
     // Teardown: every instance deleted at once; done when instances and children are gone.
@@ -228,6 +260,8 @@ async fn materialize_and_teardown(
             seconds,
             requests: diff(&before, &after),
             reconciles,
+            own: (who == Who::Operator)
+                .then(|| Arc::new(std::sync::Mutex::new(own_diff(&own, &own_before)))),
         },
     })
 }
@@ -393,14 +427,40 @@ fn report(scenario: &str, args: &Args, samples: &[&Sample]) -> String {
         );
         let _ = writeln!(
             out,
-            "| verb | resource | subresource | code | total | per instance |"
+            "| verb | resource | subresource | code | total | per instance | sent by the operator's client (any code) |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        let own = first
+            .own
+            .as_ref()
+            .and_then(|o| o.lock().ok().map(|o| o.clone()))
+            .unwrap_or_default();
         for ((verb, resource, sub, code), v) in &first.requests {
+            let mine = own
+                .get(&(verb.clone(), resource.clone(), sub.clone()))
+                .copied()
+                .unwrap_or(0);
             let _ = writeln!(
                 out,
-                "| {verb} | {resource} | {sub} | {code} | {v} | {:.2} |",
+                "| {verb} | {resource} | {sub} | {code} | {v} | {:.2} | {mine} |",
                 per(*v)
+            );
+        }
+        let unmatched: Vec<String> = own
+            .iter()
+            .filter(|((v, r, s), _)| {
+                !first
+                    .requests
+                    .keys()
+                    .any(|(v2, r2, s2, _)| v == v2 && r == r2 && s == s2)
+            })
+            .map(|((v, r, s), n)| format!("{v} {r} {s} {n}"))
+            .collect();
+        if !unmatched.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nSent by the operator's client but not in the apiserver's counters: {}.",
+                unmatched.join(", ")
             );
         }
     }
