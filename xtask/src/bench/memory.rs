@@ -71,12 +71,24 @@ async fn memory(
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+    let mut last_report = Instant::now();
     while !watched.converged(n) {
-        if started.elapsed() > TIMEOUT {
-            bail!("memory run did not converge in {TIMEOUT:?}");
+        // 10,000 instances took longer than the common timeout on a loaded machine.
+        let timeout = TIMEOUT.max(Duration::from_millis(300 * n as u64));
+        if started.elapsed() > timeout {
+            bail!("memory run did not converge in {timeout:?}");
         }
         if let Ok(Some(status)) = child.try_wait() {
             bail!("the operator exited with {status}");
+        }
+        if last_report.elapsed() > Duration::from_secs(60) {
+            last_report = Instant::now();
+            println!(
+                "{:.0} s: {} HelmReleases, RSS {:.1} MiB",
+                started.elapsed().as_secs_f64(),
+                watched.releases.state().len(),
+                rss_kib(pid)? as f64 / 1024.0
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
