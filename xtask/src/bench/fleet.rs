@@ -24,8 +24,8 @@ use super::stats::percentile;
 /// Job id → when its enqueue request was sent.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
 
-/// Raises the soft open-file limit to the hard one (each agent holds one connection,
-/// and the server one more).
+/// Raises the soft open-file limit to the hard one: each agent holds one connection
+/// here, and the server (a child process, which inherits the limit) one more there.
 fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -47,7 +47,7 @@ pub async fn run(args: &Args, bin: &Path) -> Result<String> {
         bail!("--agents and --rate must be positive");
     }
     let limit = raise_fd_limit();
-    if (limit as usize) < agents * 2 + 256 {
+    if (limit as usize) < agents + 256 {
         bail!("open-file limit {limit} too low for {agents} agents and the server");
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
