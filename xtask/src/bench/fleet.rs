@@ -21,6 +21,9 @@ use super::kit::rss_kib;
 use super::mock::job;
 use super::stats::percentile;
 
+/// The `wait` of every simulated poll, seconds.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
 /// Job id → when its enqueue request was sent.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -43,6 +46,7 @@ fn raise_fd_limit() -> u64 {
 
 pub async fn run(args: &Args, bin: &Path) -> Result<String> {
     let agents = args.agents;
+    let stagger = !args.in_step;
     if agents == 0 || args.rate == 0 {
         bail!("--agents and --rate must be positive");
     }
@@ -112,7 +116,11 @@ pub async fn run(args: &Args, bin: &Path) -> Result<String> {
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut loops = Vec::new();
-    for (cluster, token) in tokens {
+    // Real agents do not start in the same second: spread the first polls over one poll
+    // period, or every poll of the fleet ends (and is re-sent) at the same moment.
+    let spread = if stagger { POLL_WAIT } else { Duration::ZERO };
+    for (i, (cluster, token)) in tokens.into_iter().enumerate() {
+        let delay = spread.mul_f64(i as f64 / agents as f64);
         let (http, base, sent, latencies, errors) = (
             http.clone(),
             base.clone(),
@@ -121,6 +129,7 @@ pub async fn run(args: &Args, bin: &Path) -> Result<String> {
             errors.clone(),
         );
         loops.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             loop {
                 let got = http
                     .get(format!("{base}/api/agent/jobs?cluster={cluster}&wait=30"))
@@ -158,7 +167,7 @@ pub async fn run(args: &Args, bin: &Path) -> Result<String> {
         }));
     }
     // Every agent has its first poll open well within this.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(spread + Duration::from_secs(10)).await;
     let rss_polling = rss_kib(pid)?;
 
     println!("delivering {} jobs/s for {} s", args.rate, args.duration);
@@ -208,8 +217,14 @@ pub async fn run(args: &Args, bin: &Path) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### fleet, {agents} agents long-polling, {} jobs/s for {} s\n",
-        args.rate, args.duration
+        "### fleet, {agents} agents long-polling ({}), {} jobs/s for {} s\n",
+        if stagger {
+            "first polls spread over 30 s"
+        } else {
+            "all started at once"
+        },
+        args.rate,
+        args.duration
     );
     let _ = writeln!(
         out,

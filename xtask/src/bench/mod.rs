@@ -77,6 +77,10 @@ pub struct Args {
     /// fleet: simulated agents long-polling (the issue: 10,000).
     #[arg(long, default_value_t = 1000)]
     pub agents: usize,
+    /// fleet: start every agent at once (their polls then expire together every 30 s)
+    /// instead of spreading the first polls over one poll period.
+    #[arg(long)]
+    pub in_step: bool,
     /// idle: seconds measured, extrapolated to an hour.
     #[arg(long, default_value_t = 120)]
     pub window: u64,
@@ -122,8 +126,11 @@ impl Args {
             ),
             Scenario::Idle => format!("idle --instances {n} --window {}", self.window),
             Scenario::Fleet => format!(
-                "fleet --agents {} --rate {} --duration {}",
-                self.agents, self.rate, self.duration
+                "fleet --agents {} --rate {} --duration {}{}",
+                self.agents,
+                self.rate,
+                self.duration,
+                if self.in_step { " --in-step" } else { "" }
             ),
             Scenario::Flux => format!("flux --instances {n} --reps {}", self.reps),
         };
@@ -140,6 +147,7 @@ impl Args {
             Scenario::Churn => format!("churn:{n}"),
             Scenario::PullLoop => format!("pull-loop:{}", self.jobs),
             Scenario::Idle => format!("idle:{n}"),
+            Scenario::Fleet if self.in_step => format!("fleet:{}:in-step", self.agents),
             Scenario::Fleet => format!("fleet:{}", self.agents),
             Scenario::Flux => format!("flux:{n}"),
         }
