@@ -144,7 +144,7 @@ impl Args {
             // The materialize sections predate the other scenarios; their ids stay.
             Scenario::Materialize => n.to_string(),
             Scenario::Memory => format!("memory:{n}"),
-            Scenario::Churn => format!("churn:{n}"),
+            Scenario::Churn => format!("churn:{n}:edit-share-{}", self.edit_share),
             Scenario::PullLoop => format!("pull-loop:{}", self.jobs),
             Scenario::Idle => format!("idle:{n}"),
             Scenario::Fleet if self.in_step => format!("fleet:{}:in-step", self.agents),
