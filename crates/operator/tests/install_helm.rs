@@ -106,12 +106,21 @@ const TOGGLES: &[&[&str]] = &[
     &["crds.install=false"],
     &["crds.keep=false"],
     &["rbac.create=false"],
-    &["serviceAccount.create=false", "serviceAccount.name=platform-sa"],
+    &[
+        "serviceAccount.create=false",
+        "serviceAccount.name=platform-sa",
+    ],
     &["tenantNamespaces={shop,wiki}"],
     &["tenantNamespaces={shop}", "operationRunner.create=false"],
     &["manager.metricsBindAddress=:8443"],
-    &["manager.metricsBindAddress=:8443", "manager.metricsSecure=false"],
-    &["manager.metricsBindAddress=:8443", "metrics.serviceMonitor.enabled=true"],
+    &[
+        "manager.metricsBindAddress=:8443",
+        "manager.metricsSecure=false",
+    ],
+    &[
+        "manager.metricsBindAddress=:8443",
+        "metrics.serviceMonitor.enabled=true",
+    ],
     &[
         "manager.metricsBindAddress=0.0.0.0:9090",
         "manager.metricsSecure=false",
@@ -309,7 +318,10 @@ fn helm_template_defaults_and_every_toggle() {
         assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
     }
     // Generated mode: the certificate lives in memory, nothing is mounted.
-    assert!(!a.iter().any(|x| x.starts_with("--webhook-cert-dir")), "{a:?}");
+    assert!(
+        !a.iter().any(|x| x.starts_with("--webhook-cert-dir")),
+        "{a:?}"
+    );
     assert!(pod["volumes"].is_null() && c["volumeMounts"].is_null());
     assert_eq!(
         ports(&d),
@@ -407,8 +419,8 @@ fn helm_template_defaults_and_every_toggle() {
         "manager.metricsSecure=false",
         "metrics.serviceMonitor.enabled=true",
     ]);
-    let ep = &find(&t, "ServiceMonitor", "vworkspace-operator-metrics").unwrap()["spec"]
-        ["endpoints"][0];
+    let ep =
+        &find(&t, "ServiceMonitor", "vworkspace-operator-metrics").unwrap()["spec"]["endpoints"][0];
     assert_eq!(ep["scheme"], "http");
     assert!(ep["bearerTokenFile"].is_null() && ep["tlsConfig"].is_null());
     assert!(find(&t, "ClusterRole", "vworkspace-operator-metrics-auth").is_none());
@@ -424,8 +436,9 @@ fn helm_template_defaults_and_every_toggle() {
     // Admission toggles.
     let t = render(&["webhooks.enabled=false"]);
     assert!(
-        !kinds(&t).iter().any(|k| k.contains("webhook")
-            || k.starts_with("ValidatingWebhookConfiguration/")),
+        !kinds(&t)
+            .iter()
+            .any(|k| k.contains("webhook") || k.starts_with("ValidatingWebhookConfiguration/")),
         "{:?}",
         kinds(&t)
     );
@@ -440,7 +453,14 @@ fn helm_template_defaults_and_every_toggle() {
         "{:?}",
         kinds(&t)
     );
-    assert!(find(&t, "ValidatingWebhookConfiguration", "vworkspace-operator-validating").is_some());
+    assert!(
+        find(
+            &t,
+            "ValidatingWebhookConfiguration",
+            "vworkspace-operator-validating"
+        )
+        .is_some()
+    );
     // cert-manager mode: the chart's private CA, the serving Certificate mounted where
     // --webhook-cert-dir points, CA injection instead of the operator's caBundle RBAC.
     let t = render(&["webhooks.certificate.mode=certManager"]);
@@ -454,7 +474,10 @@ fn helm_template_defaults_and_every_toggle() {
     }
     assert!(find(&t, "ClusterRole", "vworkspace-operator-webhook-cabundle").is_none());
     let cert = find(&t, "Certificate", "vworkspace-operator-webhook").unwrap();
-    assert_eq!(cert["spec"]["secretName"], "vworkspace-operator-webhook-tls");
+    assert_eq!(
+        cert["spec"]["secretName"],
+        "vworkspace-operator-webhook-tls"
+    );
     assert_eq!(cert["spec"]["duration"], "720h");
     assert!(
         cert["spec"]["dnsNames"]
@@ -480,7 +503,10 @@ fn helm_template_defaults_and_every_toggle() {
     let mount = &pod["containers"][0]["volumeMounts"][0];
     assert_eq!(mount["name"], pod["volumes"][0]["name"]);
     assert_eq!(mount["readOnly"], true);
-    let dir = format!("--webhook-cert-dir={}", mount["mountPath"].as_str().unwrap());
+    let dir = format!(
+        "--webhook-cert-dir={}",
+        mount["mountPath"].as_str().unwrap()
+    );
     assert!(args(&t).contains(&dir), "{dir}");
     let t = render(&[
         "webhooks.certificate.mode=certManager",
@@ -525,8 +551,9 @@ fn helm_template_defaults_and_every_toggle() {
     // Push-mode identity: namespaced Roles only where listed, HelmRelease reads on request.
     let t = render(&["controlPlaneIdentity.enabled=true"]);
     assert!(find(&t, "ServiceAccount", "vworkspace-control-plane").is_some());
-    assert!(!t.iter().any(|o| o["kind"] == "Role"
-        && o["metadata"]["name"] == "vworkspace-operator-control-plane"));
+    assert!(!t.iter().any(
+        |o| o["kind"] == "Role" && o["metadata"]["name"] == "vworkspace-operator-control-plane"
+    ));
     let t = render(&[
         "controlPlaneIdentity.enabled=true",
         "controlPlaneIdentity.namespaces={shop,wiki}",
@@ -542,9 +569,10 @@ fn helm_template_defaults_and_every_toggle() {
             .unwrap();
         let rules = role["rules"].as_array().unwrap();
         assert!(
-            rules
-                .iter()
-                .any(|r| r["resources"].as_array().unwrap().contains(&json!("helmreleases"))),
+            rules.iter().any(|r| r["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("helmreleases"))),
             "{role}"
         );
         let rb = t
@@ -561,13 +589,12 @@ fn helm_template_defaults_and_every_toggle() {
         .iter()
         .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "shop")
         .unwrap();
-    assert!(
-        !role["rules"]
+    assert!(!role["rules"].as_array().unwrap().iter().any(|r| {
+        r["resources"]
             .as_array()
             .unwrap()
-            .iter()
-            .any(|r| r["resources"].as_array().unwrap().contains(&json!("helmreleases")))
-    );
+            .contains(&json!("helmreleases"))
+    }));
     let t = render(&["manager.healthProbeBindAddress=0.0.0.0:9091"]);
     assert_eq!(ports(&t)[0], ("health".to_string(), 9091));
     assert!(args(&t).contains(&"--health-probe-bind-address=0.0.0.0:9091".to_string()));
