@@ -5,6 +5,8 @@
 //! The operator's behaviour under the chart's RBAC is `install_helm.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{
@@ -60,17 +62,9 @@ async fn helm_install_waits_for_two_ready_replicas_and_a_pdb() {
         .await
         .unwrap();
     let apps: Api<ApplicationInstance> = Api::namespaced(client.clone(), tenant);
-    let wiki: ApplicationInstance = serde_json::from_value(json!({
-        "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-        "metadata": {"name": "wiki", "namespace": tenant,
-                     "finalizers": ["install-kwok.test.vworkspace.io/hold"]},
-        "spec": {"appRef": {"catalogId": "wiki"},
-                 "chart": {"sourceType": "helm", "url": "https://charts.example.org",
-                           "name": "wiki", "version": "1.0.0"},
-                 "release": {"name": "wiki", "namespace": tenant},
-                 "values": {"source": "inline", "inline": {}}}
-    }))
-    .unwrap();
+    let mut wiki = support::managed_instance(tenant, "wiki", "1.0.0");
+    wiki["metadata"]["finalizers"] = json!(["install-kwok.test.vworkspace.io/hold"]);
+    let wiki: ApplicationInstance = serde_json::from_value(wiki).unwrap();
     apps.create(&PostParams::default(), &wiki).await.unwrap();
     // The cluster has the CRDs already (testkit, no Helm ownership). Everything else is
     // the chart's defaults, admission included.
