@@ -273,6 +273,7 @@ async fn a_long_outage_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(unreachable);
+    // The restarted mock counts requests from 0: any poll it sees is one after the outage.
     let polls_before = 0;
     // Back on the same address with the same database.
     drop(first);
