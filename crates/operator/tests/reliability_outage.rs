@@ -91,6 +91,22 @@ fn agent_config(op_ns: &str, tenant: &str) -> AgentConfig {
     c
 }
 
+/// Keeps `addr` bound but not listening while the control plane is away: connections are
+/// refused, and no other process on this busy machine can take the port meanwhile (one
+/// run lost it during a 9-minute gap). Retries while the stopped server still holds it.
+async fn hold_port(addr: &str) -> tokio::net::TcpSocket {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    for _ in 0..100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        if socket.bind(addr).is_ok() {
+            return socket;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{addr} still in use 10 s after the mock stopped");
+}
+
 fn probe_event(key: &str) -> Event {
     serde_json::from_value(json!({
         "eventKey": key, "kind": "ReliabilityProbe",
@@ -254,10 +270,12 @@ async fn a_long_outage_loses_and_duplicates_nothing() {
     let mut disconnected_seen = false;
     let mut buffered_peak = 0;
     let mut unreachable = false;
+    let mut hold = None;
     while started.elapsed() < outage {
         if !unreachable && started.elapsed() >= failing {
             // Second part: the control plane is gone (connection refused).
             first.stop();
+            hold = Some(hold_port(&addr).await);
             unreachable = true;
         }
         if probes.len() < 200 {
@@ -277,6 +295,7 @@ async fn a_long_outage_loses_and_duplicates_nothing() {
     let polls_before = 0;
     // Back on the same address with the same database.
     drop(first);
+    drop(hold);
     let mock = MockServer::start_on(&addr, mock_config(&db)).await.unwrap();
     let admin = mock.admin();
     let back = Instant::now();
