@@ -69,7 +69,7 @@ fn mock_config(db: &std::path::Path) -> MockConfig {
 fn agent_config(op_ns: &str, tenant: &str) -> AgentConfig {
     let mut c = AgentConfig::new(op_ns);
     c.poll_interval = Duration::from_secs(1);
-    c.runtime_tick = Duration::from_millis(500);
+    c.runtime_resync = Duration::from_millis(500);
     c.heartbeat_period = Duration::from_secs(2);
     c.ready_timeout = outage() + Duration::from_secs(300);
     c.watch_namespace = Some(tenant.to_string());
