@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -65,23 +66,27 @@ async fn install(client: &Client) {
     for doc in shipped() {
         let name = doc["metadata"]["name"].as_str().unwrap().to_string();
         match doc["kind"].as_str().unwrap() {
-            "ValidatingAdmissionPolicy" => {
-                let api: Api<DynamicObject> = Api::all_with(
-                    client.clone(),
-                    &ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
-                );
+            kind @ ("ValidatingAdmissionPolicy" | "MutatingAdmissionPolicy") => {
+                let ar = if kind == "ValidatingAdmissionPolicy" {
+                    ApiResource::erase::<ValidatingAdmissionPolicy>(&())
+                } else {
+                    ApiResource::erase::<MutatingAdmissionPolicy>(&())
+                };
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
                 api.patch(&name, &pp, &Patch::Apply(&doc)).await.unwrap();
             }
-            "ValidatingAdmissionPolicyBinding" => {
+            kind @ ("ValidatingAdmissionPolicyBinding" | "MutatingAdmissionPolicyBinding") => {
                 let mut doc = doc.clone();
                 let test_name = format!("{name}-test-{}", pid());
                 doc["metadata"]["name"] = json!(test_name);
                 doc["spec"]["matchResources"] =
                     json!({"namespaceSelector": {"matchLabels": {TEST_LABEL: pid()}}});
-                let api: Api<DynamicObject> = Api::all_with(
-                    client.clone(),
-                    &ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&()),
-                );
+                let ar = if kind == "ValidatingAdmissionPolicyBinding" {
+                    ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&())
+                } else {
+                    ApiResource::erase::<MutatingAdmissionPolicyBinding>(&())
+                };
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
                 api.patch(&test_name, &pp, &Patch::Apply(&doc))
                     .await
                     .unwrap();
@@ -1044,6 +1049,61 @@ async fn policies_type_check_against_the_crds() {
             serde_json::to_string_pretty(warnings).unwrap()
         );
     }
+}
+
+/// The shipped MutatingAdmissionPolicy sets each controller's finalizer at creation (so
+/// the first reconcile has no metadata write to make), keeps finalizers others set, and
+/// never adds its own twice.
+#[tokio::test]
+async fn finalizers_are_set_at_creation() {
+    let ns = namespace("map-finalizer", true, true, &[]).await;
+    let created = |obj: Value| {
+        let ns = &ns;
+        async move {
+            let kind = obj["kind"].as_str().unwrap().to_string();
+            let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+            ns.api(&kind)
+                .create(&PostParams::default(), &obj)
+                .await
+                .unwrap()
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+        }
+    };
+    // Bindings reach admission through informers: wait until a dry run is mutated.
+    eventually("the finalizer policy to be enforced", WAIT, || async {
+        let obj: DynamicObject =
+            serde_json::from_value(instance("probe", &ns.name, |_| {})).unwrap();
+        let pp = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let out = ns.api("ApplicationInstance").create(&pp, &obj).await.ok()?;
+        out.metadata.finalizers.is_some().then_some(())
+    })
+    .await;
+    assert_eq!(
+        created(instance("plain", &ns.name, |_| {})).await,
+        vec![keys::FINALIZER_APPLICATION_INSTANCE.to_string()]
+    );
+    assert_eq!(
+        created(op("plain-op", "Backup", "velero", json!({}))).await,
+        vec![keys::FINALIZER_OPERATION.to_string()]
+    );
+    assert_eq!(
+        created(with_finalizer(instance("held", &ns.name, |_| {}))).await,
+        vec![
+            HOLD.to_string(),
+            keys::FINALIZER_APPLICATION_INSTANCE.to_string()
+        ]
+    );
+    let mut already = instance("already", &ns.name, |_| {});
+    already["metadata"]["finalizers"] = json!([keys::FINALIZER_APPLICATION_INSTANCE]);
+    assert_eq!(
+        created(already).await,
+        vec![keys::FINALIZER_APPLICATION_INSTANCE.to_string()]
+    );
 }
 
 /// Stops a child process when the test ends, passed or not.

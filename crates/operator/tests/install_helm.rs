@@ -234,6 +234,8 @@ fn helm_template_defaults_and_every_toggle() {
             "CustomResourceDefinition/clusters.ops.vworkspace.io",
             "CustomResourceDefinition/operations.ops.vworkspace.io",
             "Deployment/vworkspace-operator",
+            "MutatingAdmissionPolicy/vworkspace-finalizers",
+            "MutatingAdmissionPolicyBinding/vworkspace-finalizers",
             "PodDisruptionBudget/vworkspace-operator",
             "Role/vworkspace-operator-local",
             "RoleBinding/vworkspace-operator-local",
@@ -445,11 +447,10 @@ fn helm_template_defaults_and_every_toggle() {
     assert!(!args(&t).iter().any(|a| a.starts_with("--webhook")));
     assert_eq!(ports(&t), [("health".to_string(), 8081)]);
     assert!(find(&t, "ValidatingAdmissionPolicy", "vworkspace-operation").is_some());
+    assert!(find(&t, "MutatingAdmissionPolicy", "vworkspace-finalizers").is_some());
     let t = render(&["admissionPolicies.enabled=false"]);
     assert!(
-        !kinds(&t)
-            .iter()
-            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        !kinds(&t).iter().any(|k| k.contains("AdmissionPolicy")),
         "{:?}",
         kinds(&t)
     );
@@ -722,6 +723,8 @@ fn kustomize_default_renders_the_same_objects_as_helm() {
         "ValidatingWebhookConfiguration",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     ] {
         assert!(kustomized.iter().any(|o| o["kind"] == kind), "{kind}");
     }

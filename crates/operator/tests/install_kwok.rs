@@ -10,7 +10,8 @@ mod support;
 use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -23,6 +24,7 @@ use vworkspace_api::ApplicationInstance;
 
 const VWC: &str = "vworkspace-operator-validating";
 const POLICIES: [&str; 2] = ["vworkspace-operation", "vworkspace-applicationinstance"];
+const FINALIZER_POLICY: &str = "vworkspace-finalizers";
 
 #[tokio::test]
 async fn helm_install_waits_for_two_ready_replicas_and_a_pdb() {
@@ -141,6 +143,10 @@ async fn helm_install_waits_for_two_ready_replicas_and_a_pdb() {
         vaps.get(p).await.unwrap();
         bindings.get(p).await.unwrap();
     }
+    let maps: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
+    let map_bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    maps.get(FINALIZER_POLICY).await.unwrap();
+    map_bindings.get(FINALIZER_POLICY).await.unwrap();
     // The webhook is down (kwok pods serve nothing): failurePolicy Fail refuses a spec
     // change, naming the webhook...
     let change = Patch::Merge(json!({"spec": {"chart": {"version": "1.1.0"}}}));
@@ -187,4 +193,12 @@ async fn helm_install_waits_for_two_ready_replicas_and_a_pdb() {
         assert!(vaps.get_opt(p).await.unwrap().is_none(), "{p}");
         assert!(bindings.get_opt(p).await.unwrap().is_none(), "{p}");
     }
+    assert!(maps.get_opt(FINALIZER_POLICY).await.unwrap().is_none());
+    assert!(
+        map_bindings
+            .get_opt(FINALIZER_POLICY)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -17,6 +17,7 @@ mod crds;
 pub mod fixtures;
 mod full;
 mod pki;
+pub mod policies;
 mod process;
 mod shared;
 mod tools;

@@ -12,7 +12,7 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
@@ -159,6 +159,34 @@ pub fn instance(ns: &str, name: &str, finalizer: bool) -> Result<ApplicationInst
         v["metadata"]["finalizers"] = json!([keys::FINALIZER_APPLICATION_INSTANCE]);
     }
     Ok(serde_json::from_value(v)?)
+}
+
+/// Installs the chart's finalizer policy, as the default install does, and waits until
+/// the apiserver applies it (a dry-run create comes back with the finalizer).
+pub async fn install_finalizer_policy(kubeconfig: &Path) -> Result<()> {
+    let admin = client(kubeconfig).await?;
+    testkit::policies::install_mutating_policies(&admin).await?;
+    let api: Api<ApplicationInstance> = Api::namespaced(admin, "default");
+    let probe = instance("default", "finalizer-policy-probe", false)?;
+    let pp = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    loop {
+        let out = api.create(&pp, &probe).await?;
+        if out
+            .finalizers()
+            .iter()
+            .any(|f| f == keys::FINALIZER_APPLICATION_INSTANCE)
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the finalizer policy was not in effect after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Stores of what convergence is judged on, filled by watches started before the clock.

@@ -81,6 +81,10 @@ pub struct Args {
     /// instead of spreading the first polls over one poll period.
     #[arg(long)]
     pub in_step: bool,
+    /// Leave out the chart's finalizer policy (a MutatingAdmissionPolicy the default
+    /// install ships): the controllers then add their finalizers with a write each.
+    #[arg(long)]
+    pub no_finalizer_policy: bool,
     /// idle: seconds measured, extrapolated to an hour.
     #[arg(long, default_value_t = 120)]
     pub window: u64,
@@ -115,7 +119,7 @@ impl Args {
                 "--instances {n} --reps {} --concurrency {}",
                 self.reps, self.concurrency
             ),
-            Scenario::Memory => return format!("cargo xtask bench --memory {n} --write"),
+            Scenario::Memory => format!("--memory {n}"),
             Scenario::Churn => format!(
                 "churn --instances {n} --reps {} --duration {} --edit-share {}",
                 self.reps, self.duration, self.edit_share
@@ -134,11 +138,25 @@ impl Args {
             ),
             Scenario::Flux => format!("flux --instances {n} --reps {}", self.reps),
         };
-        format!("cargo xtask bench {rest} --write")
+        let policy = if self.no_finalizer_policy {
+            " --no-finalizer-policy"
+        } else {
+            ""
+        };
+        format!("cargo xtask bench {rest}{policy} --write")
     }
 
     /// The `docs/benchmarks.md` section this run replaces.
     fn section(&self) -> String {
+        let id = self.section_id();
+        if self.no_finalizer_policy {
+            format!("{id}:no-finalizer-policy")
+        } else {
+            id
+        }
+    }
+
+    fn section_id(&self) -> String {
         let n = self.instances();
         match self.scenario() {
             // The materialize sections predate the other scenarios; their ids stay.
@@ -246,6 +264,9 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let outcome = runtime.block_on(async {
+        if cluster.is_some() && !args.no_finalizer_policy {
+            kit::install_finalizer_policy(&env.kubeconfig).await?;
+        }
         match scenario {
             Scenario::Materialize => materialize::run(args, &env).await,
             Scenario::Memory => memory::run(args, &env, bin(&operator_bin)?).await,
