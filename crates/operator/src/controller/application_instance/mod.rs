@@ -97,10 +97,7 @@ where
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     cache.triggers(&o).then_some(Ok(o))
                 }
-                Ok(watcher::Event::Delete(o)) => {
-                    cache.forget(&o);
-                    Some(Ok(o))
-                }
+                Ok(watcher::Event::Delete(o)) => cache.forget(&o).then_some(Ok(o)),
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                 Err(e) => Some(Err(e)),
             };
