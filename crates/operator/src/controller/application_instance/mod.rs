@@ -35,11 +35,9 @@ pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
 
 /// Passes at once. Each pass holds a connection to the apiserver; unbounded, a burst of
 /// new instances opened one connection (and TLS handshake) per instance. A pass is two
-/// round trips (HelmRelease, status), so this bounds the passes per second to
-/// `CONCURRENCY ÷ (2 × request latency)`: at 64, with requests taking ≈ 0.9 s on a loaded
-/// apiserver, ≈ 35 passes/s — an edit rate of 100/s queued for minutes while the
-/// apiserver still had room.
-const CONCURRENCY: u16 = 256;
+/// round trips (HelmRelease, status); 256 instead of 64 did not make churn keep up on
+/// a CPU-bound apiserver (docs/benchmarks.md, churn), so the bound stays.
+const CONCURRENCY: u16 = 64;
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
