@@ -715,3 +715,61 @@ async fn one_pass_per_change_and_no_event_for_a_neutral_first_status() {
     reasons.sort();
     assert_eq!(reasons, ["HelmReleaseReady", "Stable"]);
 }
+
+#[tokio::test]
+async fn deletion_with_nothing_to_uninstall_takes_one_pass_and_writes_no_status() {
+    let metrics = Arc::new(vworkspace_operator::metrics::Metrics::new());
+    let m = metrics.clone();
+    let Setup {
+        client,
+        ns,
+        api,
+        hrs,
+        ..
+    } = setup_with("ai-teardown", move |c| Context::new(c).with_metrics(m)).await;
+    api.create(&PostParams::default(), &plain(&ns, "wiki"))
+        .await
+        .unwrap();
+    helm_release(&hrs, "wiki").await;
+    eventually("status of the current generation", WAIT, || async {
+        let i = api.get("wiki").await.ok()?;
+        (i.status?.observed_generation == i.metadata.generation).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = passes(&metrics);
+
+    // No Flux finalizer on the children (helm-controller never saw them): they go at
+    // once, so the pass that deleted them releases the instance; their deletion events
+    // are that pass's own echo and start none.
+    api.delete("wiki", &DeleteParams::default()).await.unwrap();
+    eventually("instance gone", WAIT, || async {
+        api.get_opt("wiki").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(hrs.get_opt("wiki").await.unwrap().is_none());
+    assert!(
+        Api::<HelmRepository>::namespaced(client.clone(), &ns)
+            .get_opt("wiki-source")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(passes(&metrics) - before, 1, "one pass for the deletion");
+    // No `Deleting` status was written to the departing instance, so no Event of it.
+    let reasons: Vec<String> = Api::<Event>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r == "Uninstalling" || r == "Deleting"),
+        "{reasons:?}"
+    );
+}

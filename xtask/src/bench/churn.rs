@@ -28,7 +28,7 @@ use vworkspace_operator::metrics::Metrics;
 
 use super::kit::{TIMEOUT, Watched, client, instance, reconcile_count, scrape};
 use super::materialize::{Who, baseline_one};
-use super::stats::{diff, median, percentile, spread};
+use super::stats::{Requests, diff, median, percentile, spread};
 use super::{Args, Env};
 
 /// How long edits still unsettled after the last tick may take before they count as lost.
@@ -40,6 +40,8 @@ struct Sample {
     latencies: Vec<f64>,
     edits: usize,
     requests: u64,
+    /// The apiserver's requests during the edits, by verb/resource/subresource/code.
+    by_request: Requests,
     reconciles: Option<u64>,
 }
 
@@ -215,11 +217,13 @@ async fn one(who: Who, args: &Args, ns: &str, env: &Env, admin: &Client) -> Resu
         reconcile_count(&metrics) - reconciles_before
     });
     let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let by_request = diff(&before, &after);
     Ok(Sample {
         who,
         latencies,
         edits: total,
-        requests: diff(&before, &after).values().sum(),
+        requests: by_request.values().sum(),
+        by_request,
         reconciles,
     })
 }
@@ -297,6 +301,25 @@ fn report(args: &Args, samples: &[Sample]) -> String {
                 format!("{:.2}", median(rc))
             }
         );
+    }
+    if let Some(first) = samples.iter().find(|s| s.who == Who::Operator) {
+        let _ = writeln!(
+            out,
+            "\nAPI requests during the edits of the first operator run, by verb/resource \
+             (the harness's instance patches included):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| verb | resource | subresource | code | total | per edit |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for ((verb, resource, sub, code), v) in &first.by_request {
+            let _ = writeln!(
+                out,
+                "| {verb} | {resource} | {sub} | {code} | {v} | {:.2} |",
+                *v as f64 / first.edits.max(1) as f64
+            );
+        }
     }
     let _ = writeln!(
         out,

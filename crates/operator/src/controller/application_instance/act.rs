@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -48,21 +49,34 @@ pub(super) async fn act(
             remove_finalizer,
         } => {
             let namespace = inst.namespace().unwrap_or_default();
+            let mut all_gone = true;
             for child in delete {
-                delete_child(ctx, &namespace, child)
+                let gone = delete_child(ctx, &namespace, child)
                     .await
                     .at(Stage::Apply)?;
+                if gone {
+                    // This pass releases the instance or waits for another child;
+                    // either way the deletion's watch event needs no pass of its own.
+                    cache.deleted_at_once(&namespace, child);
+                }
+                all_gone &= gone;
             }
-            if let Some(status) = &plan.status {
+            // No child was held back (no Flux finalizer, nothing to uninstall): release
+            // now instead of writing a `Deleting` status and waiting for the deletions'
+            // watch events to start a second pass.
+            let at_once = !delete.is_empty() && all_gone;
+            if !at_once && let Some(status) = &plan.status {
                 kit.apply_status(inst, status).await?;
             }
-            if *remove_finalizer {
-                if !delete.is_empty() {
+            if *remove_finalizer || at_once {
+                if !all_gone {
                     warn!(instance = %inst.name_any(), "releasing instance with Flux children still present");
                 }
                 kit.remove_finalizer(inst, finalizer).await?;
-            } else if !delete.is_empty() {
-                info!(instance = %inst.name_any(), "waiting for Flux children to go");
+                return Ok(Action::await_change());
+            }
+            if !delete.is_empty() {
+                info!(instance = %inst.name_any(), "waiting for Flux to uninstall the children");
             }
             return Ok(plan
                 .requeue
@@ -183,26 +197,52 @@ where
     Ok((live, missed))
 }
 
-/// Deletes one child with background propagation; one already gone is fine.
-async fn delete_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), kube::Error> {
+/// Deletes one child with background propagation; returns whether it is gone (one
+/// already gone is fine).
+async fn delete_child(ctx: &Context, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
     let dp = DeleteParams::background();
     let client = ctx.client.clone();
     let result = match child {
         Child::HelmRelease(n) => Api::<HelmRelease>::namespaced(client, namespace)
             .delete(n, &dp)
             .await
-            .map(|_| ()),
+            .map(|a| gone(a.left().as_ref().map(Resource::meta))),
         Child::HelmRepository(n) => Api::<HelmRepository>::namespaced(client, namespace)
             .delete(n, &dp)
             .await
-            .map(|_| ()),
+            .map(|a| gone(a.left().as_ref().map(Resource::meta))),
         Child::OCIRepository(n) => Api::<OCIRepository>::namespaced(client, namespace)
             .delete(n, &dp)
             .await
-            .map(|_| ()),
+            .map(|a| gone(a.left().as_ref().map(Resource::meta))),
     };
     match result {
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
         other => other,
+    }
+}
+
+/// Whether a DELETE answer means the object is gone: the apiserver answers a `Status`
+/// (`None` here) or, for custom resources, the deleted object itself. An object that
+/// still carries finalizers (Flux's uninstall) was only marked for deletion.
+fn gone(answer: Option<&ObjectMeta>) -> bool {
+    answer.is_none_or(|m| m.finalizers.as_ref().is_none_or(Vec::is_empty))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delete_answer_with_finalizers_is_not_gone() {
+        assert!(gone(None), "a Status answer");
+        assert!(gone(Some(&ObjectMeta::default())));
+        let mut m = ObjectMeta {
+            finalizers: Some(Vec::new()),
+            ..ObjectMeta::default()
+        };
+        assert!(gone(Some(&m)));
+        m.finalizers = Some(vec!["finalizers.fluxcd.io".into()]);
+        assert!(!gone(Some(&m)), "Flux still has to uninstall");
     }
 }

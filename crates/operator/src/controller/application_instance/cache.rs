@@ -19,6 +19,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::Resource;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
+use vworkspace_decide::instance::Child;
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
 /// Which child a memo entry is about.
@@ -40,6 +41,9 @@ struct Memo {
     /// A pass is applying this child; events are held here instead of triggering.
     in_flight: bool,
     held: Option<u64>,
+    /// A pass deleted this child and saw it go at once: its deletion event is that
+    /// pass's own echo.
+    deleted_at_once: bool,
 }
 
 /// Stores and memo shared by the watches and the passes.
@@ -176,10 +180,22 @@ impl Cache {
         })
     }
 
-    /// A deleted child: forget it (its deletion always triggers).
-    pub fn forget<K: Reacts>(&self, obj: &K) {
+    /// A deleted child: forget it; whether its deletion should trigger a pass — always,
+    /// unless a pass deleted it and saw it go at once (that pass already acted on it).
+    pub fn forget<K: Reacts>(&self, obj: &K) -> bool {
         let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
-        self.with(|memo| memo.remove(&k));
+        self.with(|memo| memo.remove(&k))
+            .is_none_or(|m| !m.deleted_at_once)
+    }
+
+    /// A pass deleted `child` and the answer showed it gone (no finalizer held it).
+    pub fn deleted_at_once(&self, namespace: &str, child: &Child) {
+        let k = match child {
+            Child::HelmRelease(n) => key::<HelmRelease>(namespace, n),
+            Child::HelmRepository(n) => key::<HelmRepository>(namespace, n),
+            Child::OCIRepository(n) => key::<OCIRepository>(namespace, n),
+        };
+        self.with(|memo| memo.entry(k).or_default().deleted_at_once = true);
     }
 
     /// The stored child when the last apply of exactly `desired` still stands: the same
@@ -214,6 +230,7 @@ impl Cache {
             let m = memo.entry(k.clone()).or_default();
             m.in_flight = true;
             m.held = None;
+            m.deleted_at_once = false;
         });
         Applying {
             cache: self.clone(),
@@ -354,6 +371,30 @@ mod tests {
         assert!(!cache.applied::<HelmRepository>("team", "wiki"), "per kind");
         cache.forget(&release(1, None));
         assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+    }
+
+    #[test]
+    fn only_a_deletion_a_pass_saw_complete_is_silent() {
+        let (cache, _) = cache();
+        // Deleted by someone else (or by Flux after its uninstall): a pass must look.
+        cache
+            .applying::<HelmRelease>("team", "wiki")
+            .done(7, &release(1, None));
+        assert!(cache.forget(&release(1, None)));
+        assert!(cache.forget(&release(1, None)), "unknown child");
+        // Deleted by a pass that saw it go: the echo wakes nothing, once.
+        cache.deleted_at_once("team", &Child::HelmRelease("wiki".into()));
+        let mut repo = HelmRepository::new("wiki", Default::default());
+        repo.metadata.namespace = Some("team".into());
+        assert!(cache.forget(&repo), "per kind");
+        assert!(!cache.forget(&release(1, None)));
+        assert!(cache.forget(&release(1, None)));
+        // A new apply of the same name clears a mark whose echo never came.
+        cache.deleted_at_once("team", &Child::HelmRelease("wiki".into()));
+        cache
+            .applying::<HelmRelease>("team", "wiki")
+            .done(7, &release(1, None));
+        assert!(cache.forget(&release(1, None)));
     }
 
     #[test]

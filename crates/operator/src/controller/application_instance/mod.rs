@@ -34,7 +34,9 @@ mod tenant_access;
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
 
 /// Passes at once. Each pass holds a connection to the apiserver; unbounded, a burst of
-/// new instances opened one connection (and TLS handshake) per instance.
+/// new instances opened one connection (and TLS handshake) per instance. A pass is two
+/// round trips (HelmRelease, status); 256 instead of 64 did not make churn keep up on
+/// a CPU-bound apiserver (docs/benchmarks.md, churn), so the bound stays.
 const CONCURRENCY: u16 = 64;
 
 fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -97,10 +99,7 @@ where
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     cache.triggers(&o).then_some(Ok(o))
                 }
-                Ok(watcher::Event::Delete(o)) => {
-                    cache.forget(&o);
-                    Some(Ok(o))
-                }
+                Ok(watcher::Event::Delete(o)) => cache.forget(&o).then_some(Ok(o)),
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                 Err(e) => Some(Err(e)),
             };

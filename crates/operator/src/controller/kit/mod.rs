@@ -194,7 +194,15 @@ impl Kit {
             .filter(|f| *f != finalizer)
             .cloned()
             .collect();
-        self.set_finalizers(obj, list).await
+        match self.set_finalizers(obj, list).await {
+            // The object is gone, and its finalizer with it: a pass that ran on a store
+            // still showing it (its deletion event on the way) has nothing left to do.
+            Err(Error::Stage {
+                cause: Cause::Kube(kube::Error::Api(s)),
+                ..
+            }) if s.code == 404 => Ok(()),
+            other => other,
+        }
     }
 
     async fn set_finalizers<K>(&self, obj: &K, list: Vec<String>) -> Result<(), Error>
