@@ -149,7 +149,7 @@ async fn apply(
     };
     let stale_gone = async {
         if present {
-            delete_child(ctx, &namespace, &stale).await
+            delete_child(ctx, &namespace, &stale).await.map(|_| ())
         } else {
             Ok(())
         }
