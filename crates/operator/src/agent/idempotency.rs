@@ -8,7 +8,8 @@
 //!
 //! Bounded (connectivity defect 12): keys older than 30 days go, then the oldest beyond
 //! 5,000, then the oldest until both values fit in 512 KiB — well under the 1 MiB object
-//! limit. Writes use optimistic concurrency (`resourceVersion`) and re-merge on conflict.
+//! limit. Writes use optimistic concurrency (`resourceVersion`) and re-merge on conflict;
+//! keys recorded while a write is in progress are written together by the next one.
 //!
 //! "Never applied twice" across a crash between apply and record: a key is recorded only
 //! after `succeeded`, so a crash in that window makes the control plane redeliver the job
@@ -123,6 +124,9 @@ pub struct IdempotencyStore {
     api: Api<ConfigMap>,
     limits: Limits,
     cache: Mutex<Option<Entries>>,
+    /// Keys waiting for the next write: keys recorded while another write is in
+    /// progress go out together in one update.
+    queued: std::sync::Mutex<HashMap<String, Timestamp>>,
 }
 
 impl IdempotencyStore {
@@ -131,6 +135,7 @@ impl IdempotencyStore {
             api: Api::namespaced(client, namespace),
             limits,
             cache: Mutex::new(None),
+            queued: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -153,12 +158,35 @@ impl IdempotencyStore {
         Ok(cache.as_ref().is_some_and(|c| c.contains_key(key)))
     }
 
-    /// Records `key` (after a `succeeded` outcome).
+    /// Records `key` (after a `succeeded` outcome), together with every key queued while
+    /// the previous write ran.
     pub async fn record(&self, key: &str) -> Result<(), StoreError> {
         if key.is_empty() {
             return Ok(());
         }
+        self.queue([(key.to_string(), Timestamp::now())]);
         let mut cache = self.cache.lock().await;
+        let batch: Entries = match self.queued.lock() {
+            // Not queued any more: an earlier holder of the lock wrote it (a failed write
+            // puts its keys back before it lets go of the lock).
+            Ok(q) if !q.contains_key(key) => return Ok(()),
+            Ok(mut q) => q.drain().collect(),
+            Err(_) => Entries::from([(key.to_string(), Timestamp::now())]),
+        };
+        let result = self.write(&mut cache, &batch).await;
+        if result.is_err() {
+            self.queue(batch.into_iter().filter(|(k, _)| k != key));
+        }
+        result
+    }
+
+    fn queue(&self, keys: impl IntoIterator<Item = (String, Timestamp)>) {
+        if let Ok(mut q) = self.queued.lock() {
+            q.extend(keys);
+        }
+    }
+
+    async fn write(&self, cache: &mut Option<Entries>, batch: &Entries) -> Result<(), StoreError> {
         for _ in 0..8 {
             let (mut entries, existing) = self.read().await?;
             let now = Timestamp::now();
@@ -168,7 +196,7 @@ impl IdempotencyStore {
                     entries.entry(k.clone()).or_insert(*at);
                 }
             }
-            entries.insert(key.to_string(), now);
+            entries.extend(batch.iter().map(|(k, at)| (k.clone(), *at)));
             let data = encode(&entries, &self.limits, now);
             let result = match existing {
                 Some(mut cm) => {

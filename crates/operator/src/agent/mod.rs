@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod events;
 pub mod idempotency;
 pub mod journal;
+pub mod lanes;
 pub mod poller;
 pub mod readiness;
 pub mod relist;

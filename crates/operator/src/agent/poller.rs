@@ -27,6 +27,7 @@ use super::Agent;
 use super::applier::{Applied, ApplyError, Readiness, split_api_version};
 use super::backoff::Backoff;
 use super::client::{ClientError, Delivery};
+use super::lanes;
 use super::readiness::{Verdict, evaluate};
 use super::signing;
 use super::wire::batch::{Entry, MAX_RESPONSE_BYTES};
@@ -138,24 +139,26 @@ impl Poller {
                             "jobs answer over the size limit: read up to the limit; later jobs come with a later poll"
                         );
                     }
+                    let mut jobs = Vec::with_capacity(batch.entries.len());
                     for entry in batch.entries {
-                        if cancel.is_cancelled() {
-                            return;
-                        }
                         match entry {
-                            Entry::Job(job) => self.process(*job, &cancel).await,
+                            Entry::Job(job) => jobs.push(*job),
                             Entry::Malformed {
                                 id: Some(id),
                                 problem,
                             } => {
                                 tracing::warn!(job_id = %id, problem = %problem, "job cannot be read; answering failed");
-                                self.process(refused(&id, &problem), &cancel).await;
+                                jobs.push(refused(&id, &problem));
                             }
                             Entry::Malformed { id: None, problem } => {
                                 agent.metrics().malformed_jobs_total.inc();
                                 tracing::warn!(problem = %problem, "job without a usable id cannot be read or answered; skipped and counted");
                             }
                         }
+                    }
+                    self.run_batch(jobs, false, &cancel).await;
+                    if cancel.is_cancelled() {
+                        return;
                     }
                     if self.wait_seconds() == 0 {
                         let min_gap = Duration::from_secs(1).saturating_sub(started.elapsed());
@@ -224,36 +227,97 @@ impl Poller {
                 return;
             }
         };
-        for job in jobs {
+        for job in &jobs {
             tracing::info!(job_id = %job.id, kind = %job.kind, "resuming a job taken on before a restart");
-            self.process(job, cancel).await;
+        }
+        self.run_batch(jobs, true, cancel).await;
+    }
+
+    /// Takes on one poll's jobs (in server order): marks them in flight, journals them
+    /// all in one update before any is acknowledged, then runs them in lanes (see
+    /// `lanes`): jobs on different objects side by side, up to [`CONCURRENT_JOBS`] at a
+    /// time, jobs on the same object in order. `journaled`: resumed from the journal.
+    async fn run_batch(&self, jobs: Vec<Job>, journaled: bool, cancel: &CancellationToken) {
+        let mut taken = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if !self.mark(&job.id) {
+                tracing::debug!(job_id = %job.id, "job redelivered while still in progress; skipped");
+                continue;
+            }
+            let done = InFlight(self.in_flight.clone(), job.id.clone());
+            taken.push(Taken {
+                job,
+                done,
+                journaled,
+            });
+        }
+        if taken.is_empty() {
+            return;
+        }
+        if !journaled {
+            let jobs: Vec<Job> = taken.iter().map(|t| t.job.clone()).collect();
+            match self.agent.inner.journal.add_all(&jobs).await {
+                Ok(()) => taken.iter_mut().for_each(|t| t.journaled = true),
+                // Each job is then journaled on its own before its ack (with retries):
+                // a large poll may not fit the Secret while its jobs one by one do.
+                Err(e) => {
+                    tracing::warn!(jobs = jobs.len(), error = %e, "cannot journal the poll's jobs together; journaling them one by one")
+                }
+            }
+        }
+        for stage in lanes::plan(taken, |t| lanes::object_key(&t.job, REFUSED_KIND)) {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match stage {
+                lanes::Stage::Alone(t) => self.settle(t, cancel).await,
+                lanes::Stage::Lanes(l) => {
+                    futures::stream::iter(l)
+                        .for_each_concurrent(CONCURRENT_JOBS, |lane| async move {
+                            for t in lane {
+                                if cancel.is_cancelled() {
+                                    return;
+                                }
+                                self.settle(t, cancel).await;
+                            }
+                        })
+                        .await
+                }
+            }
         }
     }
 
-    /// One job through the pipeline. The job is journaled before it is acknowledged and
-    /// leaves the journal when its result is delivered, so a restart resumes it.
+    /// One job through the pipeline (as a poll of one).
     pub async fn process(&self, job: Job, cancel: &CancellationToken) {
+        self.run_batch(vec![job], false, cancel).await;
+    }
+
+    /// A taken job: journaled (if its poll's update failed) before it is acknowledged,
+    /// and out of the journal once the control plane holds its result.
+    async fn settle(&self, t: Taken, cancel: &CancellationToken) {
         let a = &self.agent;
-        if !self.mark(&job.id) {
-            tracing::debug!(job_id = %job.id, "job redelivered while still in progress; skipped");
-            return;
-        }
-        let done = InFlight(self.in_flight.clone(), job.id.clone());
-        let mut backoff = Backoff::new(a.config().backoff);
-        let mut attempt = 0;
-        while let Err(e) = a.inner.journal.add(&job).await {
-            attempt += 1;
-            if attempt >= JOURNAL_ATTEMPTS {
-                // A control plane may hand a job out only once: answering it without the
-                // journal (lost only if the operator also dies before the result) beats
-                // leaving it unanswered for good.
-                tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; processing it unjournaled");
-                break;
-            }
-            tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+        let Taken {
+            job,
+            done,
+            journaled,
+        } = t;
+        if !journaled {
+            let mut backoff = Backoff::new(a.config().backoff);
+            let mut attempt = 0;
+            while let Err(e) = a.inner.journal.add(&job).await {
+                attempt += 1;
+                if attempt >= JOURNAL_ATTEMPTS {
+                    // A control plane may hand a job out only once: answering it without
+                    // the journal (lost only if the operator also dies before the result)
+                    // beats leaving it unanswered for good.
+                    tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; processing it unjournaled");
+                    break;
+                }
+                tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
             }
         }
         if self.pipeline(job.clone(), cancel, done).await == Step::Settled {
@@ -376,6 +440,17 @@ impl Poller {
         });
         Step::HandedOff
     }
+}
+
+/// Jobs of one poll in progress at once (lanes side by side; see `lanes`).
+pub const CONCURRENT_JOBS: usize = 16;
+
+/// A job this process has taken on: in flight until `done` drops.
+struct Taken {
+    job: Job,
+    done: InFlight,
+    /// Already in the journal (journaled with its poll, or resumed from it).
+    journaled: bool,
 }
 
 /// How often journaling a job is tried before it is processed unjournaled.
