@@ -32,3 +32,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The port of a [host]:port bind address such as ":8443" or "0.0.0.0:8081". */ -}}
+{{- define "vworkspace-operator.bindPort" -}}
+{{- regexFind "[0-9]+$" (toString .) | int -}}
+{{- end -}}

@@ -79,7 +79,6 @@ async fn cluster_condition(
 fn config(op_ns: &str) -> AgentConfig {
     let mut c = AgentConfig::new(op_ns);
     c.poll_interval = Duration::from_secs(1);
-    c.runtime_tick = Duration::from_millis(300);
     c.heartbeat_period = Duration::from_secs(2);
     c.ready_timeout = Duration::from_secs(60);
     c.backoff = BackoffConfig {

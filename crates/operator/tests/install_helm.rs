@@ -101,6 +101,59 @@ fn kinds(objs: &[Value]) -> Vec<String> {
     k
 }
 
+/// Every documented toggle (chart README), as `--set` lists; each must lint and render.
+const TOGGLES: &[&[&str]] = &[
+    &["crds.install=false"],
+    &["crds.keep=false"],
+    &["rbac.create=false"],
+    &[
+        "serviceAccount.create=false",
+        "serviceAccount.name=platform-sa",
+    ],
+    &["tenantNamespaces={shop,wiki}"],
+    &["tenantNamespaces={shop}", "operationRunner.create=false"],
+    &["manager.metricsBindAddress=:8443"],
+    &[
+        "manager.metricsBindAddress=:8443",
+        "manager.metricsSecure=false",
+    ],
+    &[
+        "manager.metricsBindAddress=:8443",
+        "metrics.serviceMonitor.enabled=true",
+    ],
+    &[
+        "manager.metricsBindAddress=0.0.0.0:9090",
+        "manager.metricsSecure=false",
+        "metrics.serviceMonitor.enabled=true",
+    ],
+    &["manager.connectivityMode=push"],
+    &["manager.connectivityMode=gitops"],
+    &["manager.healthProbeBindAddress=0.0.0.0:9091"],
+    &["podDisruptionBudget.enabled=false"],
+    &["replicaCount=1"],
+    &["topologySpread.enabled=false"],
+    &["webhooks.enabled=false"],
+    &["webhooks.certificate.mode=certManager"],
+    &[
+        "webhooks.certificate.mode=certManager",
+        "webhooks.certificate.issuerRef.name=corp-ca",
+        "webhooks.certificate.issuerRef.kind=ClusterIssuer",
+    ],
+    &[
+        "webhooks.failurePolicy=Ignore",
+        "webhooks.timeoutSeconds=2",
+        "webhooks.port=10250",
+        "webhooks.allowedChartUrls={https://charts.example.org,oci://registry.example.org/apps}",
+        "webhooks.excludedNamespaces={sandbox}",
+    ],
+    &["admissionPolicies.enabled=false"],
+    &[
+        "controlPlaneIdentity.enabled=true",
+        "controlPlaneIdentity.namespaces={shop,wiki}",
+        "controlPlaneIdentity.readHelmReleases=true",
+    ],
+];
+
 #[test]
 fn helm_lint_passes_and_bad_values_fail_the_schema() {
     let out = ok(helm(None, &["lint", "--strict", CHART]), "helm lint");
@@ -109,6 +162,18 @@ fn helm_lint_passes_and_bad_values_fail_the_schema() {
         out.contains("1 chart(s) linted, 0 chart(s) failed"),
         "{out}"
     );
+    // Every documented toggle lints cleanly too (the schema and the templates agree).
+    for toggle in TOGGLES {
+        let mut args = vec!["lint", "--strict", CHART];
+        for s in *toggle {
+            args.extend(["--set", s]);
+        }
+        let out = ok(helm(None, &args), &format!("helm lint --strict {toggle:?}"));
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{toggle:?}: {out}"
+        );
+    }
     // Each of these must be refused by values.schema.json before anything renders.
     for bad in [
         "replicaCount=0",
@@ -118,6 +183,27 @@ fn helm_lint_passes_and_bad_values_fail_the_schema() {
         "manager.metricsBindAddress=everywhere",
         "topologySpread.whenUnsatisfiable=Maybe",
         "agent.pollIntervalSeconds=0",
+        "manager.metricsSecure=sometimes",
+        "manager.connectivityMode=carrier-pigeon",
+        "webhooks.enabled=yes",
+        "webhooks.port=80",
+        "webhooks.unknown=1",
+        "webhooks.certificate.mode=vault",
+        "webhooks.certificate.validity=1y",
+        "webhooks.certificate.issuerRef.kind=Vault",
+        "webhooks.certificate.issuerRef.name=",
+        "webhooks.failurePolicy=Never",
+        "webhooks.timeoutSeconds=0",
+        "webhooks.timeoutSeconds=31",
+        "webhooks.allowedChartUrls[0]=ftp://charts.example.org",
+        "webhooks.excludedNamespaces[0]=Not_A_Namespace",
+        "admissionPolicies.enabled=maybe",
+        "admissionPolicies.unknown=1",
+        "controlPlaneIdentity.enabled=1",
+        "controlPlaneIdentity.serviceAccountName=Control_Plane",
+        "controlPlaneIdentity.namespaces[0]=Not_A_Namespace",
+        "controlPlaneIdentity.readHelmReleases=maybe",
+        "controlPlaneIdentity.unknown=1",
     ] {
         let out = helm(None, &["lint", CHART, "--set", bad]);
         let text = format!(
@@ -141,7 +227,9 @@ fn helm_template_defaults_and_every_toggle() {
         [
             "ClusterRole/vworkspace-operator-manager",
             "ClusterRole/vworkspace-operator-tenant",
+            "ClusterRole/vworkspace-operator-webhook-cabundle",
             "ClusterRoleBinding/vworkspace-operator-manager",
+            "ClusterRoleBinding/vworkspace-operator-webhook-cabundle",
             "CustomResourceDefinition/applicationinstances.apps.vworkspace.io",
             "CustomResourceDefinition/clusters.ops.vworkspace.io",
             "CustomResourceDefinition/operations.ops.vworkspace.io",
@@ -149,9 +237,57 @@ fn helm_template_defaults_and_every_toggle() {
             "PodDisruptionBudget/vworkspace-operator",
             "Role/vworkspace-operator-local",
             "RoleBinding/vworkspace-operator-local",
+            "Service/vworkspace-operator-webhook",
             "ServiceAccount/vworkspace-operator",
+            "ValidatingAdmissionPolicy/vworkspace-applicationinstance",
+            "ValidatingAdmissionPolicy/vworkspace-operation",
+            "ValidatingAdmissionPolicyBinding/vworkspace-applicationinstance",
+            "ValidatingAdmissionPolicyBinding/vworkspace-operation",
+            "ValidatingWebhookConfiguration/vworkspace-operator-validating",
         ]
     );
+    // Admission is on by default: the webhook (generated certificate) and the policies.
+    let vwc = find(
+        &d,
+        "ValidatingWebhookConfiguration",
+        "vworkspace-operator-validating",
+    )
+    .unwrap();
+    let hooks = vwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for w in hooks {
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["timeoutSeconds"], 5);
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(
+            w["clientConfig"]["service"]["name"],
+            "vworkspace-operator-webhook"
+        );
+        assert_eq!(
+            w["clientConfig"]["service"]["namespace"],
+            "vworkspace-system"
+        );
+        assert_eq!(
+            w["rules"][0]["operations"],
+            json!(["CREATE", "UPDATE"]),
+            "DELETE is never sent"
+        );
+        let skipped = &w["namespaceSelector"]["matchExpressions"][0]["values"];
+        assert_eq!(skipped, &json!(["kube-system", "vworkspace-system"]));
+    }
+    assert!(vwc["metadata"]["annotations"].is_null(), "no CA injection");
+    let svc = find(&d, "Service", "vworkspace-operator-webhook").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "webhook");
+    let cabundle = find(&d, "ClusterRole", "vworkspace-operator-webhook-cabundle").unwrap();
+    assert_eq!(
+        cabundle["rules"][0]["resourceNames"],
+        json!(["vworkspace-operator-validating"])
+    );
+    for name in ["vworkspace-operation", "vworkspace-applicationinstance"] {
+        let b = find(&d, "ValidatingAdmissionPolicyBinding", name).unwrap();
+        assert_eq!(b["spec"]["policyName"], name);
+        assert_eq!(b["spec"]["validationActions"], json!(["Deny"]));
+    }
     let dep = find(&d, "Deployment", "vworkspace-operator").unwrap();
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -166,12 +302,33 @@ fn helm_template_defaults_and_every_toggle() {
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let a = args(&d);
+    for want in [
+        "--leader-elect=true",
+        "--health-probe-bind-address=:8081",
+        "--metrics-bind-address=0",
+        "--metrics-secure=true",
+        "--connectivity-mode=pull",
+        "--webhooks-enabled=true",
+        "--webhook-port=9443",
+        "--webhook-configuration-name=vworkspace-operator-validating",
+        "--webhook-service-name=vworkspace-operator-webhook",
+        "--webhook-cert-validity=720h",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+    }
+    // Generated mode: the certificate lives in memory, nothing is mounted.
     assert!(
-        c["args"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("--leader-elect=true"))
+        !a.iter().any(|x| x.starts_with("--webhook-cert-dir")),
+        "{a:?}"
     );
+    assert!(pod["volumes"].is_null() && c["volumeMounts"].is_null());
+    assert_eq!(
+        ports(&d),
+        [("health".to_string(), 8081), ("webhook".to_string(), 9443)]
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "health");
     assert_eq!(c["image"], "vworkspace/vworkspace-operator:v0.1.0");
     assert_eq!(
         pod["topologySpreadConstraints"][0]["topologyKey"],
@@ -208,6 +365,8 @@ fn helm_template_defaults_and_every_toggle() {
         "{:?}",
         kinds(&t)
     );
+    let t = render(&["rbac.create=false", "manager.metricsBindAddress=:8443"]);
+    assert!(!kinds(&t).iter().any(|k| k.contains("Role")));
     let t = render(&[
         "serviceAccount.create=false",
         "serviceAccount.name=platform-sa",
@@ -234,12 +393,211 @@ fn helm_template_defaults_and_every_toggle() {
     let t = render(&["manager.metricsBindAddress=:8443"]);
     let svc = find(&t, "Service", "vworkspace-operator-metrics").unwrap();
     assert_eq!(svc["spec"]["ports"][0]["port"], 8443);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+    assert!(ports(&t).contains(&("metrics".to_string(), 8443)));
     assert!(find(&t, "ServiceMonitor", "vworkspace-operator-metrics").is_none());
+    // Secure metrics (the default): the operator's own TokenReview/SAR RBAC and a reader
+    // role for scrapers.
+    assert!(find(&t, "ClusterRole", "vworkspace-operator-metrics-auth").is_some());
+    assert!(find(&t, "ClusterRole", "vworkspace-operator-metrics-reader").is_some());
     let t = render(&[
         "manager.metricsBindAddress=:8443",
         "metrics.serviceMonitor.enabled=true",
     ]);
-    assert!(find(&t, "ServiceMonitor", "vworkspace-operator-metrics").is_some());
+    let sm = find(&t, "ServiceMonitor", "vworkspace-operator-metrics").unwrap();
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["port"], "metrics");
+    assert_eq!(ep["scheme"], "https");
+    assert_eq!(
+        ep["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(ep["tlsConfig"]["insecureSkipVerify"], true);
+    // Plain metrics on a host:port address: http, no token, no auth RBAC.
+    let t = render(&[
+        "manager.metricsBindAddress=0.0.0.0:9090",
+        "manager.metricsSecure=false",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    let ep =
+        &find(&t, "ServiceMonitor", "vworkspace-operator-metrics").unwrap()["spec"]["endpoints"][0];
+    assert_eq!(ep["scheme"], "http");
+    assert!(ep["bearerTokenFile"].is_null() && ep["tlsConfig"].is_null());
+    assert!(find(&t, "ClusterRole", "vworkspace-operator-metrics-auth").is_none());
+    assert!(args(&t).contains(&"--metrics-secure=false".to_string()));
+    assert!(ports(&t).contains(&("metrics".to_string(), 9090)));
+    let svc = find(&t, "Service", "vworkspace-operator-metrics").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
+    for mode in ["push", "gitops"] {
+        let t = render(&[&format!("manager.connectivityMode={mode}")]);
+        assert!(args(&t).contains(&format!("--connectivity-mode={mode}")));
+    }
+
+    // Admission toggles.
+    let t = render(&["webhooks.enabled=false"]);
+    assert!(
+        !kinds(&t)
+            .iter()
+            .any(|k| k.contains("webhook") || k.starts_with("ValidatingWebhookConfiguration/")),
+        "{:?}",
+        kinds(&t)
+    );
+    assert!(!args(&t).iter().any(|a| a.starts_with("--webhook")));
+    assert_eq!(ports(&t), [("health".to_string(), 8081)]);
+    assert!(find(&t, "ValidatingAdmissionPolicy", "vworkspace-operation").is_some());
+    let t = render(&["admissionPolicies.enabled=false"]);
+    assert!(
+        !kinds(&t)
+            .iter()
+            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        "{:?}",
+        kinds(&t)
+    );
+    assert!(
+        find(
+            &t,
+            "ValidatingWebhookConfiguration",
+            "vworkspace-operator-validating"
+        )
+        .is_some()
+    );
+    // cert-manager mode: the chart's private CA, the serving Certificate mounted where
+    // --webhook-cert-dir points, CA injection instead of the operator's caBundle RBAC.
+    let t = render(&["webhooks.certificate.mode=certManager"]);
+    for (kind, name) in [
+        ("Issuer", "vworkspace-operator-selfsigned"),
+        ("Certificate", "vworkspace-operator-webhook-ca"),
+        ("Issuer", "vworkspace-operator-webhook-ca"),
+        ("Certificate", "vworkspace-operator-webhook"),
+    ] {
+        assert!(find(&t, kind, name).is_some(), "{kind}/{name}");
+    }
+    assert!(find(&t, "ClusterRole", "vworkspace-operator-webhook-cabundle").is_none());
+    let cert = find(&t, "Certificate", "vworkspace-operator-webhook").unwrap();
+    assert_eq!(
+        cert["spec"]["secretName"],
+        "vworkspace-operator-webhook-tls"
+    );
+    assert_eq!(cert["spec"]["duration"], "720h");
+    assert!(
+        cert["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("vworkspace-operator-webhook.vworkspace-system.svc"))
+    );
+    let vwc = find(
+        &t,
+        "ValidatingWebhookConfiguration",
+        "vworkspace-operator-validating",
+    )
+    .unwrap();
+    assert_eq!(
+        vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "vworkspace-system/vworkspace-operator-webhook"
+    );
+    let pod = &find(&t, "Deployment", "vworkspace-operator").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "vworkspace-operator-webhook-tls"
+    );
+    let mount = &pod["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["name"], pod["volumes"][0]["name"]);
+    assert_eq!(mount["readOnly"], true);
+    let dir = format!(
+        "--webhook-cert-dir={}",
+        mount["mountPath"].as_str().unwrap()
+    );
+    assert!(args(&t).contains(&dir), "{dir}");
+    let t = render(&[
+        "webhooks.certificate.mode=certManager",
+        "webhooks.certificate.issuerRef.name=corp-ca",
+        "webhooks.certificate.issuerRef.kind=ClusterIssuer",
+    ]);
+    assert!(find(&t, "Issuer", "vworkspace-operator-selfsigned").is_none());
+    let cert = find(&t, "Certificate", "vworkspace-operator-webhook").unwrap();
+    assert_eq!(
+        cert["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "ClusterIssuer"})
+    );
+    let t = render(&[
+        "webhooks.failurePolicy=Ignore",
+        "webhooks.timeoutSeconds=2",
+        "webhooks.port=10250",
+        "webhooks.allowedChartUrls={https://charts.example.org,oci://registry.example.org/apps}",
+        "webhooks.excludedNamespaces={sandbox}",
+    ]);
+    let vwc = find(
+        &t,
+        "ValidatingWebhookConfiguration",
+        "vworkspace-operator-validating",
+    )
+    .unwrap();
+    for w in vwc["webhooks"].as_array().unwrap() {
+        assert_eq!(w["failurePolicy"], "Ignore");
+        assert_eq!(w["timeoutSeconds"], 2);
+        assert_eq!(
+            w["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["kube-system", "vworkspace-system", "sandbox"])
+        );
+    }
+    let a = args(&t);
+    assert!(a.contains(&"--webhook-port=10250".to_string()));
+    assert!(a.contains(
+        &"--webhook-allowed-chart-urls=https://charts.example.org,oci://registry.example.org/apps"
+            .to_string()
+    ));
+    assert!(ports(&t).contains(&("webhook".to_string(), 10250)));
+
+    // Push-mode identity: namespaced Roles only where listed, HelmRelease reads on request.
+    let t = render(&["controlPlaneIdentity.enabled=true"]);
+    assert!(find(&t, "ServiceAccount", "vworkspace-control-plane").is_some());
+    assert!(!t.iter().any(
+        |o| o["kind"] == "Role" && o["metadata"]["name"] == "vworkspace-operator-control-plane"
+    ));
+    let t = render(&[
+        "controlPlaneIdentity.enabled=true",
+        "controlPlaneIdentity.namespaces={shop,wiki}",
+        "controlPlaneIdentity.readHelmReleases=true",
+    ]);
+    let sa = find(&t, "ServiceAccount", "vworkspace-control-plane").unwrap();
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert!(find(&t, "ClusterRole", "vworkspace-operator-control-plane").is_some());
+    for ns in ["shop", "wiki"] {
+        let role = t
+            .iter()
+            .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == ns)
+            .unwrap();
+        let rules = role["rules"].as_array().unwrap();
+        assert!(
+            rules.iter().any(|r| r["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("helmreleases"))),
+            "{role}"
+        );
+        let rb = t
+            .iter()
+            .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == ns)
+            .unwrap();
+        assert_eq!(rb["subjects"][0]["name"], "vworkspace-control-plane");
+    }
+    let t = render(&[
+        "controlPlaneIdentity.enabled=true",
+        "controlPlaneIdentity.namespaces={shop}",
+    ]);
+    let role = t
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "shop")
+        .unwrap();
+    assert!(!role["rules"].as_array().unwrap().iter().any(|r| {
+        r["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("helmreleases"))
+    }));
+    let t = render(&["manager.healthProbeBindAddress=0.0.0.0:9091"]);
+    assert_eq!(ports(&t)[0], ("health".to_string(), 9091));
+    assert!(args(&t).contains(&"--health-probe-bind-address=0.0.0.0:9091".to_string()));
     let t = render(&["podDisruptionBudget.enabled=false"]);
     assert!(find(&t, "PodDisruptionBudget", "vworkspace-operator").is_none());
     let t = render(&["replicaCount=1"]);
@@ -275,6 +633,33 @@ fn helm_template_defaults_and_every_toggle() {
     );
 }
 
+/// The manager container's args in a rendering.
+fn args(objs: &[Value]) -> Vec<String> {
+    let dep = find(objs, "Deployment", "vworkspace-operator").unwrap();
+    dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The manager container's (name, containerPort) pairs in a rendering.
+fn ports(objs: &[Value]) -> Vec<(String, u64)> {
+    let dep = find(objs, "Deployment", "vworkspace-operator").unwrap();
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Drops what only one of the two tools adds, so the rest must match exactly.
 fn normalise(mut o: Value) -> Value {
     if let Some(labels) = o["metadata"]["labels"].as_object_mut() {
@@ -294,16 +679,18 @@ fn normalise(mut o: Value) -> Value {
     o
 }
 
-#[test]
-fn kustomize_default_renders_the_same_objects_as_helm() {
+fn kustomize(dir: &str) -> Vec<Value> {
     let kubectl = testkit::ensure_binaries().unwrap().dir.join("kubectl");
     let out = Command::new(kubectl)
-        .args(["kustomize", "config/default"])
+        .args(["kustomize", dir])
         .current_dir(testkit::repo_root())
         .output()
         .unwrap();
-    let kustomized = objects(&ok(out, "kubectl kustomize config/default"));
-    let helmed = render(&[]);
+    objects(&ok(out, &format!("kubectl kustomize {dir}")))
+}
+
+/// `kind/namespace/name` → normalised object, sorted by key.
+fn keyed(objs: Vec<Value>) -> Vec<(String, Value)> {
     let key = |o: &Value| {
         format!(
             "{}/{}/{}",
@@ -312,21 +699,51 @@ fn kustomize_default_renders_the_same_objects_as_helm() {
             o["metadata"]["name"].as_str().unwrap_or_default()
         )
     };
-    let mut h: Vec<(String, Value)> = helmed
-        .into_iter()
-        .map(|o| (key(&o), normalise(o)))
-        .collect();
-    let mut k: Vec<(String, Value)> = kustomized
-        .into_iter()
-        .map(|o| (key(&o), normalise(o)))
-        .collect();
-    h.sort_by(|a, b| a.0.cmp(&b.0));
-    k.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut v: Vec<(String, Value)> = objs.into_iter().map(|o| (key(&o), normalise(o))).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Same object set, and each object equal after `normalise`.
+fn assert_same_objects(helm: Vec<Value>, kustomize: Vec<Value>, what: &str) {
+    let (h, k) = (keyed(helm), keyed(kustomize));
     let names = |v: &[(String, Value)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&h), names(&k), "different object sets");
+    assert_eq!(names(&h), names(&k), "{what}: different object sets");
     for ((name, a), (_, b)) in h.iter().zip(&k) {
-        assert_eq!(a, b, "{name} differs between helm and kustomize");
+        assert_eq!(a, b, "{what}: {name} differs between helm and kustomize");
     }
+}
+
+#[test]
+fn kustomize_default_renders_the_same_objects_as_helm() {
+    // Defaults include admission: both layers must be in config/default as well.
+    let kustomized = kustomize("config/default");
+    for kind in [
+        "ValidatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert!(kustomized.iter().any(|o| o["kind"] == kind), "{kind}");
+    }
+    assert_same_objects(render(&[]), kustomized, "config/default");
+}
+
+/// config/webhook is a rendering of templates/webhook.yaml (like config/admission is a
+/// copy of files/admission-policies.yaml): a chart change must be copied over.
+#[test]
+fn config_webhook_matches_the_charts_webhook_objects() {
+    let args = [
+        "template",
+        "vworkspace-operator",
+        CHART,
+        "--namespace",
+        "vworkspace-system",
+        "--show-only",
+        "templates/webhook.yaml",
+    ];
+    let chart = objects(&ok(helm(None, &args), "helm template --show-only webhook"));
+    assert_eq!(chart.len(), 4, "{:?}", kinds(&chart));
+    assert_same_objects(chart, kustomize("config/webhook"), "config/webhook");
 }
 
 /// `kubectl auth can-i` as `sa` (admin credentials, impersonating): true when allowed.
@@ -434,6 +851,13 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
             op_ns,
             "--set",
             "crds.install=false",
+            // The default webhook (failurePolicy Fail) points at the in-cluster Service,
+            // which nothing serves here (the operator runs outside the cluster), so it
+            // would refuse the objects below; install_kwok.rs installs the defaults.
+            "--set",
+            "webhooks.enabled=false",
+            "--set",
+            "admissionPolicies.enabled=false",
             "--set",
             &format!("tenantNamespaces={{{tenant}}}"),
         ],
@@ -712,6 +1136,10 @@ async fn helm_install_grants_exactly_what_the_operator_needs() {
             "--force-conflicts",
             "--set",
             "crds.install=false",
+            "--set",
+            "webhooks.enabled=false",
+            "--set",
+            "admissionPolicies.enabled=false",
             "--set",
             &format!("tenantNamespaces={{{tenant},{other}}}"),
         ],

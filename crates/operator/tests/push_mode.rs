@@ -453,14 +453,15 @@ async fn push_mode_end_to_end() {
         (heartbeats().await >= 1).then_some(())
     })
     .await;
-    let wiki_events = admin_api
-        .events(CLUSTER_ID, None, Some(GATED), Some("wiki"))
-        .await
-        .unwrap();
-    assert!(
-        !wiki_events.is_empty(),
-        "condition events of wiki were posted"
-    );
+    // Condition events are batched and may reach the server after the first heartbeat.
+    let wiki_events = eventually("condition events of wiki posted", LONG, || async {
+        let events = admin_api
+            .events(CLUSTER_ID, None, Some(GATED), Some("wiki"))
+            .await
+            .unwrap();
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
     let polls = admin_api.request_count("jobs").await.unwrap();
     let events_posts = admin_api.request_count("events").await.unwrap();
     eprintln!(

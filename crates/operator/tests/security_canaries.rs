@@ -6,8 +6,9 @@
 //! every request body the control plane received — is scanned and no canary may appear
 //! (the registration token only in the registration request, its one legitimate channel).
 //! On the way: unsigned and tampered jobs refused, jobs outside the scope policy refused,
-//! an approval claim replayed against another Operation refused. (Inline secret values
-//! are refused at admission, spec §9.5, not by the operator: not planted here.)
+//! an approval claim replayed against another Operation refused, and a password written
+//! inline into a job's values blocked (spec §9.5; without the admission layer the
+//! controller blocks it) with a result that names the field, not the value.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -38,6 +39,7 @@ const CLUSTER_ID: &str = "9d1e0c55-5ec0-4b11-a7a1-cafe00000011";
 const REG_CANARY: &str = "vwksp-reg-canary-0c8e41d2b7a94f03";
 const VALUES_CANARY: &str = "values-canary-3b7f9e21d04c";
 const APPROVAL_CANARY: &str = "approval-canary-5e9b13a7c2f8";
+const INLINE_CANARY: &str = "inline-canary-7d2e91b4a0c6";
 const LONG: Duration = Duration::from_secs(90);
 const APPS: &str = "org-sec";
 const OP_NS: &str = "vworkspace-system";
@@ -96,6 +98,44 @@ where
     serde_json::to_string(&items).unwrap()
 }
 
+/// What the chart's `tenantNamespaces` entry for `APPS` grants (`templates/tenants.yaml`):
+/// `files/tenant-rules.yaml` bound to the operator's ServiceAccount in `APPS` only, so
+/// the values Secret there is readable. The namespace is gated, as a tenant is.
+async fn bind_tenant_rules(client: &Client) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            APPS,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"managed-by": "vworkspace"}}})),
+        )
+        .await
+        .unwrap();
+    let role = Role {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vworkspace-operator-tenant".into()),
+            ..Default::default()
+        },
+        rules: Some(support::chart_rules("tenant-rules.yaml")),
+    };
+    Api::<Role>::namespaced(client.clone(), APPS)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "vworkspace-operator-tenant"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "vworkspace-operator-tenant"},
+        "subjects": [{"kind": "ServiceAccount", "name": "vworkspace-operator", "namespace": OP_NS}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), APPS)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn no_canary_leaves_and_bad_jobs_are_refused() {
     let cp = ControlPlane::get().await.unwrap();
@@ -120,6 +160,7 @@ async fn no_canary_leaves_and_bad_jobs_are_refused() {
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut op = Operator::start(cp, OP_NS, &flags).await;
+    bind_tenant_rules(&client).await;
     let clusters =
         support::register_cluster(&client, OP_NS, &mock.url(), CLUSTER_ID, REG_CANARY).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OP_NS);
@@ -200,6 +241,32 @@ async fn no_canary_leaves_and_bad_jobs_are_refused() {
             "{name} applied"
         );
     }
+
+    // Inline secret material in a correctly signed apply job. No admission layer is
+    // installed here (the webhook refuses it at the door: admission_webhook.rs), so the
+    // instance is created and the controller must block it: no HelmRelease, and the
+    // job's failed result names the field, never the value.
+    let mut inline = managed_instance(APPS, "inline", "1.0.0");
+    inline["spec"]["values"]["inline"] =
+        json!({"replicas": 1, "db": {"host": "db", "password": INLINE_CANARY}});
+    let r = flows
+        .run(&flows.signed("inline-secret", "apply", inline))
+        .await;
+    assert_eq!(r.outcome, "failed", "{r:?}");
+    assert!(
+        r.error.contains("ValidationFailed")
+            && r.error
+                .contains("inline secret material rejected at \"db.password\""),
+        "{r:?}"
+    );
+    let blocked = apps.get("inline").await.unwrap();
+    let c = find(&blocked.status.unwrap_or_default().conditions, "Blocked")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ValidationFailed")
+    );
     let hrs: Api<HelmRelease> = Api::namespaced(client.clone(), APPS);
     assert!(
         hrs.get_opt("inline").await.unwrap().is_none(),
@@ -357,6 +424,7 @@ async fn no_canary_leaves_and_bad_jobs_are_refused() {
     let canaries = [
         ("values Secret", VALUES_CANARY),
         ("approval secret", APPROVAL_CANARY),
+        ("inline password", INLINE_CANARY),
         ("agent credential", first_token.as_str()),
         ("rotated credential", second_token.as_str()),
         ("registration token", REG_CANARY),

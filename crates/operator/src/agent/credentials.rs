@@ -258,12 +258,21 @@ impl CredentialStore {
         let secret = Api::<Secret>::namespaced(self.client.clone(), &loc.namespace)
             .get_opt(&loc.name)
             .await?;
+        self.apply_secret(secret.as_ref())
+    }
+
+    /// Publishes what `secret` (the Secret at the current location, as read or watched)
+    /// holds, with [`load`](Self::load)'s results; no request is made.
+    pub fn apply_secret(
+        &self,
+        secret: Option<&Secret>,
+    ) -> Result<Option<Credentials>, CredentialsError> {
         let Some(secret) = secret else {
             self.publish(None);
             return Ok(None);
         };
-        let creds = parse_secret(&secret).map_err(CredentialsError::Incomplete)?;
-        if let Some(at) = written_at(&secret) {
+        let creds = parse_secret(secret).map_err(CredentialsError::Incomplete)?;
+        if let Some(at) = written_at(secret) {
             self.metrics.set_credentials_time(at);
         }
         self.publish(Some(creds.clone()));

@@ -95,8 +95,10 @@ pub struct AgentConfig {
     pub batcher: BatcherConfig,
     /// Disconnect (5 min) and recovery (1 min) windows.
     pub connectivity: Windows,
-    /// Runtime supervisor cadence. Default 10 s.
-    pub runtime_tick: Duration,
+    /// Safety resync of the runtime supervisor, which is otherwise driven by its watches
+    /// (Clusters, the credentials Secret) and credential changes; a resync reads only
+    /// those watches' stores (no request) and restarts a poller that ended. Default 5 min.
+    pub runtime_resync: Duration,
     /// Limit the reporter's namespaced watches to one namespace. Default all.
     pub watch_namespace: Option<String>,
     /// Idempotency-store bounds. Default 5000 keys / 30 days / 512 KiB.
@@ -120,7 +122,7 @@ impl AgentConfig {
             backoff: BackoffConfig::default(),
             batcher: BatcherConfig::default(),
             connectivity: Windows::default(),
-            runtime_tick: Duration::from_secs(10),
+            runtime_resync: Duration::from_secs(300),
             watch_namespace: None,
             idempotency: Limits::default(),
             mode: ConnectivityMode::Pull,

@@ -15,9 +15,9 @@ pub fn chart_rules(file: &str) -> Vec<PolicyRule> {
 }
 
 /// Installs the chart with the real Helm CLI (release `vworkspace-operator` in `op_ns`,
-/// CRDs left to testkit, `tenants` as `tenantNamespaces`) and returns a kubeconfig with a
-/// token of the ServiceAccount that install created: the operator then runs under the
-/// RBAC as Helm rendered it, not a copy of the rule files.
+/// CRDs left to testkit, admission objects off, `tenants` as `tenantNamespaces`) and
+/// returns a kubeconfig with a token of the ServiceAccount that install created: the
+/// operator then runs under the RBAC as Helm rendered it, not a copy of the rule files.
 pub async fn chart_identity(cp: &ControlPlane, op_ns: &str, tenants: &[&str]) -> PathBuf {
     let home = std::env::temp_dir().join(format!("vworkspace-helm-{}", std::process::id()));
     let mut helm = std::process::Command::new(testkit::ensure_helm().unwrap());
@@ -26,7 +26,14 @@ pub async fn chart_identity(cp: &ControlPlane, op_ns: &str, tenants: &[&str]) ->
         "vworkspace-operator",
         "charts/vworkspace-operator",
     ])
-    .args(["--namespace", op_ns, "--set", "crds.install=false"]);
+    .args(["--namespace", op_ns, "--set", "crds.install=false"])
+    // The chart's defaults also register a ValidatingWebhookConfiguration (failurePolicy
+    // Fail, pointing at a Service nothing serves here: the test runs the binary outside
+    // the cluster) and cluster-wide admission policies (namespace gate). In a control
+    // plane shared by the whole test binary they would refuse other tests' objects, so
+    // they are off; the admission tests register and exercise them on their own.
+    .args(["--set", "webhooks.enabled=false"])
+    .args(["--set", "admissionPolicies.enabled=false"]);
     if !tenants.is_empty() {
         helm.arg("--set")
             .arg(format!("tenantNamespaces={{{}}}", tenants.join(",")));

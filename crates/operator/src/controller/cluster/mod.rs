@@ -31,8 +31,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vworkspace_api::Cluster;
@@ -87,7 +87,15 @@ pub async fn run(
             Api::namespaced(client.clone(), &agent.config().operator_namespace);
         let clusters: Api<Cluster> = Api::all(client.clone());
         let t2 = term.clone();
-        let controller = Controller::new(clusters, watcher::Config::default())
+        // As `Controller::new`, but a re-list's Clusters reach the controller only once
+        // its store holds them (kit::applied_after_list), as in the other controllers.
+        let (primary_store, primary_writer) = reflector::store();
+        let primary = kit::applied_after_list(
+            watcher(clusters, watcher::Config::default())
+                .default_backoff()
+                .reflect(primary_writer),
+        );
+        let controller = Controller::for_stream(primary, primary_store)
             .trigger_backoff(kit::TriggerBackoff::default());
         let store = controller.store();
         let ctx = Arc::new(Ctx {
