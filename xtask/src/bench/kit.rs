@@ -26,13 +26,14 @@ pub const SETTLE: Duration = Duration::from_secs(3);
 /// A run that has not converged after this long fails the benchmark.
 pub const TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Builds binary `bin` of package `package` (dev profile) and returns its path.
+/// Builds binary `bin` of package `package` in the profile xtask runs in and returns its path.
 pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     let root = testkit::repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(&root)
         .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args((super::profile() == "release").then_some("--release"))
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -46,7 +47,7 @@ pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     } else {
         root.join(target)
     };
-    Ok(target.join("debug").join(bin))
+    Ok(target.join(super::profile()).join(bin))
 }
 
 pub fn rss_kib(pid: u32) -> Result<u64> {

@@ -1,4 +1,4 @@
-//! memory: the operator binary (debug build) as a child process watching one namespace;
+//! memory: the operator binary (release build unless VWORKSPACE_BENCH_DEBUG) as a child process watching one namespace;
 //! RSS idle, then after N instances converged (and settled), against the JSON bytes of
 //! the objects its stores hold.
 
@@ -103,7 +103,8 @@ async fn memory(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### memory, {n} instances (operator binary, debug build)\n"
+        "### memory, {n} instances (operator binary, {} build)\n",
+        super::profile()
     );
     let _ = writeln!(
         out,

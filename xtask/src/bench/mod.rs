@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use testkit::{Lifetime, StartOptions};
 
 mod churn;
@@ -162,7 +162,37 @@ pub struct Env {
     pub helm_repository_url: Option<String>,
 }
 
+/// The cargo profile the benchmark binaries are built in: the one this process runs in.
+pub fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// `cargo xtask` compiles in the dev profile; benchmarks measure a release build, so a
+/// debug xtask hands the same command line to a release build of itself.
+/// `VWORKSPACE_BENCH_DEBUG=1` keeps the debug build (quicker to build, slower to run).
+fn reexec_release() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("building xtask and the operator in the release profile");
+    let status = std::process::Command::new(cargo)
+        .current_dir(testkit::repo_root())
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .status()
+        .context("running the release build of xtask")?;
+    if !status.success() {
+        bail!("the release benchmark run failed ({status})");
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> Result<()> {
+    if cfg!(debug_assertions) && std::env::var_os("VWORKSPACE_BENCH_DEBUG").is_none() {
+        return reexec_release();
+    }
     if args.instances() == 0 && !matches!(args.scenario(), Scenario::PullLoop | Scenario::Fleet)
         || args.reps == 0
         || args.concurrency == 0

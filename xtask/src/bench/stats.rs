@@ -89,7 +89,10 @@ pub fn write_section(path: &Path, id: &str, command: &str, report: &str) -> Resu
     let begin = format!("<!-- bench:{id} -->");
     let end = format!("<!-- /bench:{id} -->");
     let when = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC");
-    let section = format!("{begin}\n_Measured {when} with `{command}`._\n\n{report}{end}");
+    let section = format!(
+        "{begin}\n_Measured {when} with `{command}` ({} build)._\n\n{report}{end}",
+        super::profile()
+    );
     let updated = match (text.find(&begin), text.find(&end)) {
         (Some(b), Some(e)) if e > b => {
             format!("{}{}{}", &text[..b], section, &text[e + end.len()..])
