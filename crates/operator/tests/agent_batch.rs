@@ -1,10 +1,11 @@
-//! One poll's jobs run side by side, except jobs on the same object, which keep the
-//! order the control plane sent them in (issue 10, pull-loop). A scripted control plane
+//! Jobs run side by side, except jobs on the same object, which keep the order the
+//! control plane sent them in, also across polls; the next poll does not wait for the
+//! jobs of the last one (issue 10, pull-loop). A scripted control plane
 //! holds every ack for a while and notes when each ack and result arrives, so overlap
 //! and order are read from the server's side.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,10 @@ const ACK_DELAY: Duration = Duration::from_millis(300);
 
 #[derive(Default)]
 struct Plane {
-    /// The one answer with jobs; later polls are empty.
-    batch: Option<String>,
+    /// The answers with jobs, one per poll; later polls are empty.
+    batches: VecDeque<String>,
+    /// When each answer with jobs was handed out.
+    handed: Vec<Instant>,
     /// Acks being held right now, and the most at once.
     acks_open: usize,
     acks_peak: usize,
@@ -44,7 +47,14 @@ struct Plane {
 type S = Arc<Mutex<Plane>>;
 
 async fn poll(State(s): State<S>) -> (StatusCode, String) {
-    let next = s.lock().unwrap().batch.take();
+    let next = {
+        let mut p = s.lock().unwrap();
+        let b = p.batches.pop_front();
+        if b.is_some() {
+            p.handed.push(Instant::now());
+        }
+        b
+    };
     match next {
         Some(b) => (StatusCode::OK, b),
         None => {
@@ -80,8 +90,12 @@ async fn result(State(s): State<S>, Path(id): Path<String>, body: Bytes) -> Stat
 }
 
 async fn server(batch: String) -> (S, String) {
+    server_of(vec![batch]).await
+}
+
+async fn server_of(batches: Vec<String>) -> (S, String) {
     let s: S = Arc::new(Mutex::new(Plane {
-        batch: Some(batch),
+        batches: batches.into(),
         ..Plane::default()
     }));
     let app = Router::new()
@@ -246,4 +260,47 @@ async fn jobs_on_one_object_keep_their_order() {
     let cms: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &tenant);
     let same = cms.get("same").await.unwrap();
     assert_eq!(same.data.unwrap()["v"], "3", "the last write in order wins");
+}
+
+#[tokio::test]
+async fn the_next_poll_does_not_wait_and_same_object_order_holds_across_polls() {
+    let tenant = format!("batch-polls-{}", std::process::id());
+    let first = vec![apply_cm("p1-same", &tenant, "same", "1")];
+    let second = vec![
+        apply_cm("p2-same", &tenant, "same", "2"),
+        apply_cm("p2-other", &tenant, "other", "1"),
+    ];
+    let ids = ["p1-same", "p2-same", "p2-other"].map(String::from);
+    let (s, url) = server_of(vec![
+        json!({ "jobs": first }).to_string(),
+        json!({ "jobs": second }).to_string(),
+    ])
+    .await;
+    let agent = start_agent("batch-polls", &url).await;
+    eventually("every job answered", WAIT, || all_answered(&s, &ids)).await;
+    {
+        let p = s.lock().unwrap();
+        for id in &ids {
+            assert_eq!(p.results[id].len(), 1, "{id}");
+            assert_eq!(p.results[id][0].1.outcome, "succeeded", "{id}");
+        }
+        let p1_answered = p.results["p1-same"][0].0;
+        // p1-same's ack is held 300 ms: the second poll came while it was running.
+        assert_eq!(p.handed.len(), 2);
+        assert!(
+            p.handed[1] < p1_answered,
+            "the second poll waited for the first poll's job"
+        );
+        assert!(
+            p.acked["p2-other"] < p1_answered,
+            "a job on another object waited for the first poll's job"
+        );
+        assert!(
+            p1_answered <= p.acked["p2-same"],
+            "p2-same was acknowledged before p1-same (same object, earlier poll) was answered"
+        );
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &tenant);
+    let same = cms.get("same").await.unwrap();
+    assert_eq!(same.data.unwrap()["v"], "2", "the later poll's write wins");
 }

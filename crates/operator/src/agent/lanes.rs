@@ -1,13 +1,20 @@
-//! Which jobs of one poll may run at the same time.
+//! In which order taken jobs may run.
 //!
 //! Jobs on different objects are independent; jobs on the same object must be applied in
-//! the order the control plane sent them. A poll's jobs are therefore split into lanes,
-//! one per object (kind, namespace, name read from the payload), each run in order, lanes
-//! side by side. A job whose object cannot be read from its payload (a credentials
-//! rotation, a malformed payload the applier will refuse) runs alone: every job before it
-//! finishes first, and the jobs after it start once it is done.
+//! the order the control plane sent them, also across polls. Each taken job gets a
+//! [`Turn`] from the [`Sequencer`], in server order: the turn opens once the job before
+//! it on the same object (kind, namespace, name read from the payload) has been applied
+//! and handed to its readiness wait. A job whose object cannot be read from its payload
+//! (a credentials rotation, a malformed payload the applier will refuse) runs alone:
+//! its turn opens once every job taken before it is through, and the turns of the jobs
+//! after it open once it is through.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::FutureExt;
+use futures::future::Shared;
+use tokio::sync::oneshot;
 
 use serde_json::Value;
 
@@ -16,15 +23,6 @@ use super::applier::{
     INTENT_REQUEST_OPERATION,
 };
 use super::wire::Job;
-
-/// Jobs of one poll in the order they may run.
-#[derive(Debug, PartialEq)]
-pub enum Stage<T> {
-    /// Lanes that may run side by side; each lane runs in order.
-    Lanes(Vec<Vec<T>>),
-    /// A job without a usable object key: runs with nothing else in flight.
-    Alone(T),
-}
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
@@ -81,33 +79,85 @@ pub fn object_key(job: &Job, refused_kind: &str) -> Option<String> {
     }
 }
 
-/// Splits `items` (in server order) into stages; `key_of` names each item's object.
-pub fn plan<T>(items: Vec<T>, key_of: impl Fn(&T) -> Option<String>) -> Vec<Stage<T>> {
-    let mut stages = Vec::new();
-    let mut lanes: Vec<Vec<T>> = Vec::new();
-    let mut lane_of: HashMap<String, usize> = HashMap::new();
-    for item in items {
-        match key_of(&item) {
-            Some(k) => match lane_of.get(&k) {
-                Some(&i) => lanes[i].push(item),
-                None => {
-                    lane_of.insert(k, lanes.len());
-                    lanes.push(vec![item]);
-                }
-            },
-            None => {
-                if !lanes.is_empty() {
-                    stages.push(Stage::Lanes(std::mem::take(&mut lanes)));
-                    lane_of.clear();
-                }
-                stages.push(Stage::Alone(item));
-            }
+/// Hands out turns in server order; see the module documentation.
+#[derive(Default)]
+pub struct Sequencer {
+    state: Mutex<Order>,
+}
+
+#[derive(Default)]
+struct Order {
+    /// The last turn taken on each object.
+    lanes: HashMap<String, Passed>,
+    /// The last job that runs alone, if it may not have passed yet.
+    barrier: Option<Passed>,
+}
+
+/// Resolves once the job holding the matching [`Turn`] is through (or gave up).
+type Passed = Shared<oneshot::Receiver<()>>;
+
+fn passed(p: &Passed) -> bool {
+    p.peek().is_some()
+}
+
+/// A job's place in the order: wait with [`Turn::ready`]; dropping it lets the jobs
+/// behind it go.
+pub struct Turn {
+    after: Vec<Passed>,
+    _through: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits until every job this one must follow is through.
+    pub async fn ready(&mut self) {
+        // Popped only once passed, so a wait given up half-way is resumed intact.
+        while let Some(p) = self.after.last().cloned() {
+            // A dropped sender counts: that job is through or gave up.
+            let _ = p.await;
+            self.after.pop();
         }
     }
-    if !lanes.is_empty() {
-        stages.push(Stage::Lanes(lanes));
+}
+
+/// Lanes kept before passed ones are dropped (bounded memory over a long run).
+const PRUNE_AT: usize = 1024;
+
+impl Sequencer {
+    /// The next turn, for a job on `key` (`None`: the job runs alone). Call in server
+    /// order.
+    pub fn turn(&self, key: Option<String>) -> Turn {
+        let (tx, rx) = oneshot::channel();
+        let mine = rx.shared();
+        let mut o = match self.state.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if o.barrier.as_ref().is_some_and(passed) {
+            o.barrier = None;
+        }
+        let mut after: Vec<Passed> = o.barrier.iter().cloned().collect();
+        match key {
+            Some(k) => {
+                if let Some(prev) = o.lanes.insert(k, mine)
+                    && !passed(&prev)
+                {
+                    after.push(prev);
+                }
+                if o.lanes.len() > PRUNE_AT {
+                    o.lanes.retain(|_, p| !passed(p));
+                }
+            }
+            None => {
+                // Everything taken so far goes first; later jobs wait for this one.
+                after.extend(o.lanes.drain().map(|(_, p)| p).filter(|p| !passed(p)));
+                o.barrier = Some(mine);
+            }
+        }
+        Turn {
+            after,
+            _through: tx,
+        }
     }
-    stages
 }
 
 #[cfg(test)]
@@ -130,19 +180,6 @@ mod tests {
             "apply",
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": ns, "name": name}}),
         )
-    }
-
-    fn ids(stages: &[Stage<Job>]) -> Vec<Vec<Vec<&str>>> {
-        stages
-            .iter()
-            .map(|s| match s {
-                Stage::Lanes(l) => l
-                    .iter()
-                    .map(|lane| lane.iter().map(|j| j.id.as_str()).collect())
-                    .collect(),
-                Stage::Alone(j) => vec![vec![j.id.as_str(), "(alone)"]],
-            })
-            .collect()
     }
 
     #[test]
@@ -183,47 +220,61 @@ mod tests {
         );
     }
 
-    #[test]
-    fn same_object_shares_a_lane_in_server_order() {
-        let jobs = vec![
-            apply("1", "a", "x"),
-            apply("2", "a", "y"),
-            apply("3", "a", "x"),
-            apply("4", "b", "x"),
-            apply("5", "a", "x"),
-        ];
-        let stages = plan(jobs, |j| object_key(j, "u"));
-        assert_eq!(
-            ids(&stages),
-            vec![vec![vec!["1", "3", "5"], vec!["2"], vec!["4"]]]
-        );
+    /// Whether `turn` is open right now.
+    fn open(turn: &mut Turn) -> bool {
+        turn.ready().now_or_never().is_some()
     }
 
     #[test]
-    fn jobs_without_a_key_split_the_batch() {
-        let jobs = vec![
-            apply("1", "a", "x"),
-            apply("2", "a", "y"),
-            job("3", "apply", json!({})),
-            apply("4", "a", "x"),
-            job(
-                "5",
-                "intent",
-                json!({"intent": "rotate-operator-credentials"}),
-            ),
-            job("6", "apply", json!(null)),
-        ];
-        let stages = plan(jobs, |j| object_key(j, "u"));
-        assert_eq!(
-            ids(&stages),
-            vec![
-                vec![vec!["1"], vec!["2"]],
-                vec![vec!["3", "(alone)"]],
-                vec![vec!["4"]],
-                vec![vec!["5", "(alone)"]],
-                vec![vec!["6", "(alone)"]],
-            ]
-        );
-        assert!(plan(Vec::<Job>::new(), |j| object_key(j, "u")).is_empty());
+    fn same_object_waits_for_the_one_before_it_also_across_polls() {
+        let seq = Sequencer::default();
+        let key = |n: &str| Some(format!("configmap/a/{n}"));
+        let mut x1 = seq.turn(key("x"));
+        let mut y1 = seq.turn(key("y"));
+        let mut x2 = seq.turn(key("x"));
+        assert!(open(&mut x1));
+        assert!(open(&mut y1));
+        let mut x2b = seq.turn(key("x"));
+        drop(y1);
+        assert!(!open(&mut x2), "x2 follows x1");
+        drop(x1);
+        assert!(open(&mut x2));
+        assert!(!open(&mut x2b), "a later poll's job on x follows x2");
+        drop(x2);
+        assert!(open(&mut x2b));
+    }
+
+    #[test]
+    fn a_job_without_a_key_runs_alone() {
+        let seq = Sequencer::default();
+        let mut a = seq.turn(Some("k/a".into()));
+        let mut b = seq.turn(Some("k/b".into()));
+        let mut alone = seq.turn(None);
+        let mut c = seq.turn(Some("k/c".into()));
+        let mut a2 = seq.turn(Some("k/a".into()));
+        assert!(open(&mut a) && open(&mut b));
+        assert!(!open(&mut alone));
+        drop(a);
+        assert!(!open(&mut alone), "waits for every job before it");
+        drop(b);
+        assert!(open(&mut alone));
+        assert!(!open(&mut c), "jobs after it wait for it");
+        assert!(!open(&mut a2));
+        drop(alone);
+        assert!(open(&mut c));
+        assert!(open(&mut a2));
+        // Once passed, the barrier holds nobody up.
+        let mut d = seq.turn(Some("k/d".into()));
+        assert!(open(&mut d));
+    }
+
+    #[test]
+    fn passed_lanes_are_pruned() {
+        let seq = Sequencer::default();
+        for i in 0..(PRUNE_AT + 10) {
+            drop(seq.turn(Some(format!("k/{i}"))));
+        }
+        let held = seq.state.lock().unwrap().lanes.len();
+        assert!(held < 20, "{held} lanes kept");
     }
 }

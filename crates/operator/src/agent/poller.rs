@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::watcher;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Agent;
@@ -32,13 +33,20 @@ use super::readiness::{Verdict, evaluate};
 use super::signing;
 use super::wire::batch::{Entry, MAX_RESPONSE_BYTES};
 use super::wire::{
-    Condition, Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef,
-    StatusUpdate,
+    Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef, StatusUpdate,
 };
 
+#[derive(Clone)]
 pub struct Poller {
     agent: Agent,
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Same-object order across polls (see `lanes`).
+    order: Arc<lanes::Sequencer>,
+    /// Jobs between their turn and their hand-off to a readiness wait.
+    slots: Arc<Semaphore>,
+    /// Jobs taken on and not yet through their pipeline: polling pauses at
+    /// [`MAX_PENDING`].
+    pending: Arc<watch::Sender<usize>>,
 }
 
 fn wire_ref(a: &Applied) -> ObjectRef {
@@ -50,6 +58,17 @@ fn wire_ref(a: &Applied) -> ObjectRef {
         name: r.name.clone(),
         uid: r.uid.clone(),
         generation: r.generation,
+    }
+}
+
+/// Debug trace of where a job's time goes: milliseconds since the control plane created
+/// it when it reaches `stage` (`RUST_LOG=vworkspace_operator::agent::poller=debug`).
+fn stage(job: &Job, stage: &'static str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let ms = job
+            .created_at
+            .map(|c| Timestamp::now().duration_since(c).as_secs_f64() * 1000.0);
+        tracing::debug!(job_id = %job.id, stage, since_created_ms = ms, "job stage");
     }
 }
 
@@ -67,6 +86,9 @@ impl Poller {
         Poller {
             agent,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
+            order: Arc::new(lanes::Sequencer::default()),
+            slots: Arc::new(Semaphore::new(CONCURRENT_JOBS)),
+            pending: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -97,6 +119,13 @@ impl Poller {
                     r = creds_rx.changed() => if r.is_err() { return },
                 }
                 continue;
+            }
+            // Jobs of earlier polls run while this one waits; only a long queue of
+            // jobs not yet started holds the next poll back.
+            let mut pending = self.pending.subscribe();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = pending.wait_for(|n| *n < MAX_PENDING) => {}
             }
             let started = tokio::time::Instant::now();
             let fetched = tokio::select! {
@@ -142,7 +171,10 @@ impl Poller {
                     let mut jobs = Vec::with_capacity(batch.entries.len());
                     for entry in batch.entries {
                         match entry {
-                            Entry::Job(job) => jobs.push(*job),
+                            Entry::Job(job) => {
+                                stage(&job, "polled");
+                                jobs.push(*job)
+                            }
                             Entry::Malformed {
                                 id: Some(id),
                                 problem,
@@ -156,7 +188,7 @@ impl Poller {
                             }
                         }
                     }
-                    self.run_batch(jobs, false, &cancel).await;
+                    self.take_on(jobs, false, &cancel).await;
                     if cancel.is_cancelled() {
                         return;
                     }
@@ -230,14 +262,15 @@ impl Poller {
         for job in &jobs {
             tracing::info!(job_id = %job.id, kind = %job.kind, "resuming a job taken on before a restart");
         }
-        self.run_batch(jobs, true, cancel).await;
+        self.take_on(jobs, true, cancel).await;
     }
 
     /// Takes on one poll's jobs (in server order): marks them in flight, journals them
-    /// all in one update before any is acknowledged, then runs them in lanes (see
-    /// `lanes`): jobs on different objects side by side, up to [`CONCURRENT_JOBS`] at a
-    /// time, jobs on the same object in order. `journaled`: resumed from the journal.
-    async fn run_batch(&self, jobs: Vec<Job>, journaled: bool, cancel: &CancellationToken) {
+    /// all in one update before any is acknowledged, then starts each in its own task
+    /// without waiting for them: a job's turn (see `lanes`) opens once the job before it
+    /// on the same object is through, and at most [`CONCURRENT_JOBS`] run their pipeline
+    /// at once. `journaled`: resumed from the journal.
+    async fn take_on(&self, jobs: Vec<Job>, journaled: bool, cancel: &CancellationToken) {
         let mut taken = Vec::with_capacity(jobs.len());
         for job in jobs {
             if !self.mark(&job.id) {
@@ -257,7 +290,10 @@ impl Poller {
         if !journaled {
             let jobs: Vec<Job> = taken.iter().map(|t| t.job.clone()).collect();
             match self.agent.inner.journal.add_all(&jobs).await {
-                Ok(()) => taken.iter_mut().for_each(|t| t.journaled = true),
+                Ok(()) => taken.iter_mut().for_each(|t| {
+                    stage(&t.job, "journaled");
+                    t.journaled = true
+                }),
                 // Each job is then journaled on its own before its ack (with retries):
                 // a large poll may not fit the Secret while its jobs one by one do.
                 Err(e) => {
@@ -265,36 +301,41 @@ impl Poller {
                 }
             }
         }
-        for stage in lanes::plan(taken, |t| lanes::object_key(&t.job, REFUSED_KIND)) {
-            if cancel.is_cancelled() {
-                return;
-            }
-            match stage {
-                lanes::Stage::Alone(t) => self.settle(t, cancel).await,
-                lanes::Stage::Lanes(l) => {
-                    futures::stream::iter(l)
-                        .for_each_concurrent(CONCURRENT_JOBS, |lane| async move {
-                            for t in lane {
-                                if cancel.is_cancelled() {
-                                    return;
-                                }
-                                self.settle(t, cancel).await;
-                            }
-                        })
-                        .await
+        for t in taken {
+            // Turns are handed out here, in server order, before any task runs.
+            let mut turn = self.order.turn(lanes::object_key(&t.job, REFUSED_KIND));
+            self.pending.send_modify(|n| *n += 1);
+            let pending = Pending(self.pending.clone());
+            let (p, cancel) = (self.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let _pending = pending;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = turn.ready() => {}
                 }
-            }
+                let Ok(slot) = p.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if cancel.is_cancelled() {
+                    // Stays journaled: the next run resumes it.
+                    return;
+                }
+                let id = t.job.id.clone();
+                let step = p.settle(t, &cancel).await;
+                // The next job on this object and the next job waiting for a slot go
+                // now; the journal removal is not theirs to wait for.
+                drop(turn);
+                drop(slot);
+                if step == Step::Settled {
+                    forget(&p.agent, &id).await;
+                }
+            });
         }
     }
 
-    /// One job through the pipeline (as a poll of one).
-    pub async fn process(&self, job: Job, cancel: &CancellationToken) {
-        self.run_batch(vec![job], false, cancel).await;
-    }
-
-    /// A taken job: journaled (if its poll's update failed) before it is acknowledged,
-    /// and out of the journal once the control plane holds its result.
-    async fn settle(&self, t: Taken, cancel: &CancellationToken) {
+    /// A taken job: journaled (if its poll's update failed) before it is acknowledged.
+    /// `Settled`: the control plane holds its answer, it may leave the journal.
+    async fn settle(&self, t: Taken, cancel: &CancellationToken) -> Step {
         let a = &self.agent;
         let Taken {
             job,
@@ -315,14 +356,12 @@ impl Poller {
                 }
                 tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Step::Unsettled,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }
-        if self.pipeline(job.clone(), cancel, done).await == Step::Settled {
-            forget(a, &job.id).await;
-        }
+        self.pipeline(job, cancel, done).await
     }
 
     /// The pipeline after journaling.
@@ -336,6 +375,7 @@ impl Poller {
             }
             Acked::Cancelled => return Step::Unsettled,
         }
+        stage(&job, "acked");
         if job.kind == REFUSED_KIND {
             let problem = job.payload["problem"]
                 .as_str()
@@ -410,6 +450,7 @@ impl Poller {
                 "unknown job kind {other:?} (expected apply, delete or intent)"
             ))),
         };
+        stage(&job, "applied");
         let applied = match applied {
             Ok(x) => x,
             Err(e) => {
@@ -429,6 +470,7 @@ impl Poller {
         let (a2, cancel2) = (a.clone(), cancel.clone());
         tokio::spawn(async move {
             let verdict = wait_ready(&a2, &job, &applied, &cancel2).await;
+            stage(&job, "ready");
             // No verdict means shutdown or lost leadership: the job stays journaled and
             // the next leader resumes it.
             if let Some(v) = verdict
@@ -442,8 +484,21 @@ impl Poller {
     }
 }
 
-/// Jobs of one poll in progress at once (lanes side by side; see `lanes`).
-pub const CONCURRENT_JOBS: usize = 16;
+/// Jobs in their pipeline (ack → apply) at once; readiness waits do not count.
+pub const CONCURRENT_JOBS: usize = 64;
+
+/// Jobs taken on but not started or not through their pipeline above which polling
+/// pauses (a poll may still bring more: its size is bounded by bytes).
+pub const MAX_PENDING: usize = 256;
+
+/// Counts a taken job as pending until dropped.
+struct Pending(Arc<watch::Sender<usize>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 /// A job this process has taken on: in flight until `done` drops.
 struct Taken {
@@ -566,6 +621,7 @@ async fn finish(
             Some(r),
         ),
     };
+    stage(job, "recorded");
     post_result(a, job, res, cancel).await
 }
 
@@ -586,6 +642,7 @@ async fn wait_ready(
     let deadline = tokio::time::sleep(a.config().ready_timeout);
     tokio::pin!(deadline);
     let mut last: Option<Verdict> = None;
+    let mut posting: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => return None,
@@ -610,33 +667,57 @@ async fn wait_ready(
         };
         let value = serde_json::to_value(&obj).unwrap_or_default();
         let verdict = evaluate(applied.readiness, &value, r.generation);
+        stage(job, "observed");
         if let Verdict::Pending { phase, message } = &verdict
             && last.as_ref() != Some(&verdict)
         {
             let update = StatusUpdate {
                 phase: phase.clone(),
-                conditions: super::readiness::conditions(&value)
-                    .into_iter()
-                    .map(|c: Condition| c)
-                    .collect(),
+                conditions: super::readiness::conditions(&value),
                 message: message.clone(),
                 timestamp: Timestamp::now(),
             };
-            match a.client().status(&job.id, &update).await {
-                Err(ClientError::JobGone) => {
-                    tracing::info!(job_id = %job.id, "job closed on the control plane while waiting for readiness");
-                    return None;
-                }
-                Err(e) => {
-                    tracing::debug!(job_id = %job.id, error = %e, "interim status not delivered")
-                }
-                Ok(()) => {}
+            // Posted beside the wait, not before it: the next state is seen as soon as
+            // it comes. Posts of one job stay in order (each waits for the one before).
+            if !status_posted(job, posting.take()).await {
+                return None;
             }
+            let (a2, job2) = (a.clone(), job.clone());
+            posting = Some(tokio::spawn(async move {
+                let r = a2.client().status(&job2.id, &update).await;
+                if r.is_ok() {
+                    stage(&job2, "status posted");
+                }
+                r
+            }));
         }
         if !matches!(verdict, Verdict::Pending { .. }) {
-            return Some(verdict);
+            // The result goes after the interim states.
+            return status_posted(job, posting.take()).await.then_some(verdict);
         }
         last = Some(verdict);
+    }
+}
+
+/// Waits for an interim status post; `false` when the control plane said the job is
+/// closed (no result is due then).
+async fn status_posted(
+    job: &Job,
+    posting: Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
+) -> bool {
+    match posting {
+        Some(h) => match h.await {
+            Ok(Err(ClientError::JobGone)) => {
+                tracing::info!(job_id = %job.id, "job closed on the control plane while waiting for readiness");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(job_id = %job.id, error = %e, "interim status not delivered");
+                true
+            }
+            _ => true,
+        },
+        None => true,
     }
 }
 
@@ -656,6 +737,7 @@ pub async fn post_result(
     loop {
         match a.client().result(&job.id, &res).await {
             Ok(d) => {
+                stage(job, "answered");
                 if d == Delivery::Accepted {
                     a.metrics().record_result(&res.outcome);
                     if let Some(created) = job.created_at {
