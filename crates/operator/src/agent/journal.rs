@@ -74,18 +74,30 @@ impl Journal {
     }
 
     /// Journals a whole poll's jobs in one update: once this returns `Ok`, every one of
-    /// them survives a restart.
+    /// them survives a restart. Removals queued meanwhile go out in the same update.
     pub async fn add_all(&self, jobs: &[Job]) -> Result<(), JournalError> {
         if jobs.is_empty() {
             return Ok(());
         }
         let mut written = self.written.lock().await;
-        self.update(&mut written, |map| {
-            for job in jobs {
-                map.insert(job.id.clone(), job.clone());
-            }
-        })
-        .await
+        let leaving: Vec<String> = match self.leaving.lock() {
+            Ok(mut l) => l.drain().collect(),
+            Err(_) => Vec::new(),
+        };
+        let result = self
+            .update(&mut written, |map| {
+                for id in &leaving {
+                    map.remove(id);
+                }
+                for job in jobs {
+                    map.insert(job.id.clone(), job.clone());
+                }
+            })
+            .await;
+        if result.is_err() {
+            self.queue_leaving(leaving);
+        }
+        result
     }
 
     /// Removes `id`, together with every removal queued while the previous write ran.

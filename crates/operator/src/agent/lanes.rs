@@ -97,7 +97,8 @@ struct Order {
 type Passed = Shared<oneshot::Receiver<()>>;
 
 fn passed(p: &Passed) -> bool {
-    p.peek().is_some()
+    // Polled, not peeked: `peek` sees only an outcome some waiter has already polled.
+    p.clone().now_or_never().is_some()
 }
 
 /// A job's place in the order: wait with [`Turn::ready`]; dropping it lets the jobs
