@@ -16,11 +16,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::watcher;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +25,7 @@ use super::Agent;
 use super::applier::{Applied, ApplyError, Readiness, split_api_version};
 use super::backoff::Backoff;
 use super::client::{ClientError, Delivery};
+use super::follow::Seen;
 use super::lanes;
 use super::readiness::{Verdict, evaluate};
 use super::signing;
@@ -132,7 +130,9 @@ impl Poller {
                 _ = cancel.cancelled() => return,
                 // New token/URL: restart the poll with it.
                 _ = creds_rx.changed() => continue,
-                r = agent.client().poll(self.wait_seconds()) => r,
+                // The first fetch does not wait for new jobs: the journal is resumed
+                // after it, and should not sit out a whole poll interval first.
+                r = agent.client().poll(if resumed { self.wait_seconds() } else { 0 }) => r,
             };
             match fetched {
                 Ok(batch) => {
@@ -636,36 +636,27 @@ async fn wait_ready(
     let r = &applied.reference;
     let (group, version) = split_api_version(&r.api_version);
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &r.kind));
-    let api: Api<DynamicObject> = Api::namespaced_with(a.kube().clone(), &r.namespace, &ar);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
-    let mut stream = super::relist::relisting(api, cfg).boxed();
+    // One watch per kind and namespace, shared by every job waiting there.
+    let mut follower = a.inner.follow.object(&ar, &r.namespace, &r.name);
     let deadline = tokio::time::sleep(a.config().ready_timeout);
     tokio::pin!(deadline);
     let mut last: Option<Verdict> = None;
     let mut posting: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
     loop {
-        let ev = tokio::select! {
+        let seen = tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = &mut deadline => return Some(last.unwrap_or(Verdict::Pending { phase: String::new(), message: "no status yet".into() })),
-            ev = stream.next() => ev,
+            seen = follower.next() => seen,
         };
-        let obj = match ev {
-            Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => o,
-            Some(Ok(watcher::Event::Delete(_))) => {
+        let value = match seen {
+            Seen::Present(v) => v,
+            Seen::Deleted => {
                 return Some(Verdict::Failed(format!(
                     "{} {} was deleted before it became ready",
                     r.kind, r.name
                 )));
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "readiness watch error (retrying)");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            None => return Some(Verdict::Failed("readiness watch ended".into())),
         };
-        let value = serde_json::to_value(&obj).unwrap_or_default();
         let verdict = evaluate(applied.readiness, &value, r.generation);
         stage(job, "observed");
         if let Verdict::Pending { phase, message } = &verdict
