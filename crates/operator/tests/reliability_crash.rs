@@ -138,6 +138,43 @@ async fn count_writes(
     }
 }
 
+/// What a failed run needs to be explained: each unanswered job with its mock state, and
+/// for Operations the phase, conditions and the Jobs in the namespace with their state.
+async fn unanswered_state(client: &Client, admin: &mock_control_plane::AdminClient) -> String {
+    let infos = admin.jobs(Some(CLUSTER_ID)).await.unwrap_or_default();
+    let ops: Api<Operation> = Api::namespaced(client.clone(), APPS);
+    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), APPS);
+    let all_jobs = jobs.list(&ListParams::default()).await.map(|l| l.items);
+    let mut out = Vec::new();
+    for info in infos.iter().filter(|j| j.result_posts == 0) {
+        let mut line = format!(
+            "{} ({:?}, {} deliveries)",
+            info.id, info.state, info.deliveries
+        );
+        let name = info.job.payload["operation"]["metadata"]["name"].as_str();
+        if let Some(name) = name {
+            let op = ops.get_opt(name).await;
+            let status = op
+                .as_ref()
+                .ok()
+                .and_then(|o| o.as_ref())
+                .map(|o| serde_json::to_string(&o.status).unwrap_or_default());
+            line += &format!(" Operation {name}: {status:?}");
+            if let Ok(all) = &all_jobs {
+                for j in all.iter().filter(|j| j.name_any().ends_with(name)) {
+                    line += &format!(
+                        "; Job {} status {}",
+                        j.name_any(),
+                        serde_json::to_string(&j.status).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        out.push(line);
+    }
+    out.join(" | ")
+}
+
 #[tokio::test]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let (total, kills) = if long() { (200, 12) } else { (40, 3) };
@@ -186,10 +223,10 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let mut answered = 0;
     let mut kill_log = Vec::new();
     while answered < total {
-        assert!(
-            Instant::now() < deadline,
-            "{answered}/{total} answered; {kill_log:?}"
-        );
+        if Instant::now() >= deadline {
+            let stuck = unanswered_state(&client, &admin).await;
+            panic!("{answered}/{total} answered; {kill_log:?}; unanswered: {stuck}");
+        }
         while enqueued < total && enqueued < answered + 10 {
             admin.enqueue(CLUSTER_ID, &nth_job(enqueued)).await.unwrap();
             enqueued += 1;

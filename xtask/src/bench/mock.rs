@@ -199,7 +199,11 @@ pub fn spawn_operator(
         .args(extra)
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAMESPACE", op_ns)
-        .env("RUST_LOG", "warn")
+        // `VWORKSPACE_BENCH_OPERATOR_LOG` (a RUST_LOG value) to see where time goes.
+        .env(
+            "RUST_LOG",
+            std::env::var("VWORKSPACE_BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::from(log.try_clone()?))
         .stderr(std::process::Stdio::from(log))
         .kill_on_drop(true)

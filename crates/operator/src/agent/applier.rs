@@ -337,6 +337,9 @@ pub struct Applier {
     client: kube::Client,
     policy: ScopePolicy,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    /// Namespaces seen to exist: each job would otherwise read its namespace first. A
+    /// namespace deleted since is found by the apply's `404` (then checked again).
+    namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Applier {
@@ -345,6 +348,7 @@ impl Applier {
             client,
             policy,
             resources: Mutex::new(HashMap::new()),
+            namespaces: Default::default(),
         }
     }
 
@@ -381,6 +385,26 @@ impl Applier {
 
     /// Ensures a namespace exists (created with the gate label when absent).
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApplyError> {
+        if self.namespaces.lock().is_ok_and(|n| n.contains(name)) {
+            return Ok(());
+        }
+        self.ensure_namespace_uncached(name).await?;
+        if let Ok(mut n) = self.namespaces.lock() {
+            if n.len() >= 10_000 {
+                n.clear();
+            }
+            n.insert(name.to_string());
+        }
+        Ok(())
+    }
+
+    fn forget_namespace(&self, name: &str) {
+        if let Ok(mut n) = self.namespaces.lock() {
+            n.remove(name);
+        }
+    }
+
+    async fn ensure_namespace_uncached(&self, name: &str) -> Result<(), ApplyError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         match api.get_opt(name).await {
             Ok(Some(_)) => return Ok(()),
@@ -458,14 +482,19 @@ impl Applier {
             None => Api::all_with(self.client.clone(), &ar),
         };
         let what = format!("applying {kind} {}/{name}", ns.unwrap_or(""));
-        let stored = api
-            .patch(
-                &name,
-                &PatchParams::apply(keys::FIELD_MANAGER_AGENT),
-                &Patch::Apply(&obj),
-            )
-            .await
-            .map_err(|e| classify(e, &what))?;
+        let params = PatchParams::apply(keys::FIELD_MANAGER_AGENT);
+        let stored = match api.patch(&name, &params, &Patch::Apply(&obj)).await {
+            // The namespace may be gone since it was last seen: make sure, then once more.
+            Err(kube::Error::Api(s)) if s.code == 404 && ns.is_some() => {
+                if let Some(ns) = ns {
+                    self.forget_namespace(ns);
+                    self.ensure_namespace(ns).await?;
+                }
+                api.patch(&name, &params, &Patch::Apply(&obj)).await
+            }
+            other => other,
+        }
+        .map_err(|e| classify(e, &what))?;
         Ok(Applied {
             reference: AppliedRef {
                 api_version,

@@ -8,7 +8,8 @@
 //!
 //! Bounded (connectivity defect 12): keys older than 30 days go, then the oldest beyond
 //! 5,000, then the oldest until both values fit in 512 KiB — well under the 1 MiB object
-//! limit. Writes use optimistic concurrency (`resourceVersion`) and re-merge on conflict.
+//! limit. Writes use optimistic concurrency (`resourceVersion`) and re-merge on conflict;
+//! keys recorded while a write is in progress are written together by the next one.
 //!
 //! "Never applied twice" across a crash between apply and record: a key is recorded only
 //! after `succeeded`, so a crash in that window makes the control plane redeliver the job
@@ -122,7 +123,15 @@ pub fn encode(entries: &Entries, limits: &Limits, now: Timestamp) -> BTreeMap<St
 pub struct IdempotencyStore {
     api: Api<ConfigMap>,
     limits: Limits,
-    cache: Mutex<Option<Entries>>,
+    /// The recorded keys as last read or written; looked up without waiting for a
+    /// write in progress (a job's check must not queue behind other jobs' records).
+    known: std::sync::Mutex<Option<Entries>>,
+    /// Held across each read and write; the ConfigMap as last written (`Some(None)`:
+    /// known absent), so a write needs no read first. A conflict drops it.
+    writer: Mutex<Option<Option<ConfigMap>>>,
+    /// Keys waiting for the next write: keys recorded while another write is in
+    /// progress go out together in one update.
+    queued: std::sync::Mutex<HashMap<String, Timestamp>>,
 }
 
 impl IdempotencyStore {
@@ -130,15 +139,21 @@ impl IdempotencyStore {
         IdempotencyStore {
             api: Api::namespaced(client, namespace),
             limits,
-            cache: Mutex::new(None),
+            known: std::sync::Mutex::new(None),
+            writer: Mutex::new(None),
+            queued: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    async fn read(&self) -> Result<(Entries, Option<ConfigMap>), StoreError> {
-        let cm = self.api.get_opt(CONFIG_MAP_NAME).await?;
-        let entries = decode(cm.as_ref().and_then(|c| c.data.as_ref()), Timestamp::now())
-            .map_err(StoreError::Corrupt)?;
-        Ok((entries, cm))
+    fn lookup(&self, key: &str) -> Option<bool> {
+        let known = self.known.lock().ok()?;
+        known.as_ref().map(|k| k.contains_key(key))
+    }
+
+    fn set_known(&self, entries: Entries) {
+        if let Ok(mut k) = self.known.lock() {
+            *k = Some(entries);
+        }
     }
 
     /// Whether `key` was recorded. An empty key is never recorded.
@@ -146,29 +161,73 @@ impl IdempotencyStore {
         if key.is_empty() {
             return Ok(false);
         }
-        let mut cache = self.cache.lock().await;
-        if cache.is_none() {
-            *cache = Some(self.read().await?.0);
+        if let Some(hit) = self.lookup(key) {
+            return Ok(hit);
         }
-        Ok(cache.as_ref().is_some_and(|c| c.contains_key(key)))
+        let mut writer = self.writer.lock().await;
+        // Loaded by whoever held the lock before.
+        if let Some(hit) = self.lookup(key) {
+            return Ok(hit);
+        }
+        let cm = self.api.get_opt(CONFIG_MAP_NAME).await?;
+        let entries = decode(cm.as_ref().and_then(|c| c.data.as_ref()), Timestamp::now())
+            .map_err(StoreError::Corrupt)?;
+        let hit = entries.contains_key(key);
+        self.set_known(entries);
+        *writer = Some(cm);
+        Ok(hit)
     }
 
-    /// Records `key` (after a `succeeded` outcome).
+    /// Records `key` (after a `succeeded` outcome), together with every key queued while
+    /// the previous write ran.
     pub async fn record(&self, key: &str) -> Result<(), StoreError> {
         if key.is_empty() {
             return Ok(());
         }
-        let mut cache = self.cache.lock().await;
+        self.queue([(key.to_string(), Timestamp::now())]);
+        let mut writer = self.writer.lock().await;
+        let batch: Entries = match self.queued.lock() {
+            // Not queued any more: an earlier holder of the lock wrote it (a failed write
+            // puts its keys back before it lets go of the lock).
+            Ok(q) if !q.contains_key(key) => return Ok(()),
+            Ok(mut q) => q.drain().collect(),
+            Err(_) => Entries::from([(key.to_string(), Timestamp::now())]),
+        };
+        let result = self.write(&mut writer, &batch).await;
+        if result.is_err() {
+            self.queue(batch.into_iter().filter(|(k, _)| k != key));
+        }
+        result
+    }
+
+    fn queue(&self, keys: impl IntoIterator<Item = (String, Timestamp)>) {
+        if let Ok(mut q) = self.queued.lock() {
+            q.extend(keys);
+        }
+    }
+
+    async fn write(
+        &self,
+        writer: &mut Option<Option<ConfigMap>>,
+        batch: &Entries,
+    ) -> Result<(), StoreError> {
         for _ in 0..8 {
-            let (mut entries, existing) = self.read().await?;
+            let existing = match writer.take() {
+                Some(cm) => cm,
+                None => self.api.get_opt(CONFIG_MAP_NAME).await?,
+            };
             let now = Timestamp::now();
+            let mut entries = decode(existing.as_ref().and_then(|c| c.data.as_ref()), now)
+                .map_err(StoreError::Corrupt)?;
             // Keys only this process knows (a lost race) are merged back in.
-            if let Some(c) = cache.as_ref() {
+            if let Ok(known) = self.known.lock()
+                && let Some(c) = known.as_ref()
+            {
                 for (k, at) in c {
                     entries.entry(k.clone()).or_insert(*at);
                 }
             }
-            entries.insert(key.to_string(), now);
+            entries.extend(batch.iter().map(|(k, at)| (k.clone(), *at)));
             let data = encode(&entries, &self.limits, now);
             let result = match existing {
                 Some(mut cm) => {
@@ -191,10 +250,12 @@ impl IdempotencyStore {
             };
             match result {
                 Ok(cm) => {
-                    *cache = Some(decode(cm.data.as_ref(), now).map_err(StoreError::Corrupt)?);
+                    self.set_known(decode(cm.data.as_ref(), now).map_err(StoreError::Corrupt)?);
+                    *writer = Some(Some(cm));
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                // Changed or deleted since this process wrote it: read it again.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
                 Err(e) => return Err(e.into()),
             }
         }

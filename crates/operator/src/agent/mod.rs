@@ -18,8 +18,10 @@ pub mod client;
 pub mod connectivity;
 pub mod credentials;
 pub mod events;
+pub mod follow;
 pub mod idempotency;
 pub mod journal;
+pub mod lanes;
 pub mod poller;
 pub mod readiness;
 pub mod relist;
@@ -146,6 +148,8 @@ pub(crate) struct Inner {
     pub applier: Arc<Applier>,
     pub idempotency: Arc<IdempotencyStore>,
     pub journal: Arc<journal::Journal>,
+    /// Shared watches of the objects readiness waits follow.
+    pub follow: follow::Follow,
     pub verifying_key: Option<ed25519_dalek::VerifyingKey>,
     /// Name of the Cluster object the runtime serves.
     pub active_cluster: Mutex<Option<String>>,
@@ -189,6 +193,7 @@ impl Agent {
             &config.operator_namespace,
             config.idempotency,
         ));
+        let follow = follow::Follow::new(kube.clone());
         let journal = Arc::new(journal::Journal::new(
             kube.clone(),
             &config.operator_namespace,
@@ -205,6 +210,7 @@ impl Agent {
                 applier,
                 idempotency,
                 journal,
+                follow,
                 verifying_key,
                 active_cluster: Mutex::new(None),
                 connected_once: std::sync::atomic::AtomicBool::new(false),

@@ -16,28 +16,35 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::watcher;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Agent;
 use super::applier::{Applied, ApplyError, Readiness, split_api_version};
 use super::backoff::Backoff;
 use super::client::{ClientError, Delivery};
+use super::follow::Seen;
+use super::lanes;
 use super::readiness::{Verdict, evaluate};
 use super::signing;
 use super::wire::batch::{Entry, MAX_RESPONSE_BYTES};
 use super::wire::{
-    Condition, Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef,
-    StatusUpdate,
+    Job, JobResult, OUTCOME_FAILED, OUTCOME_NOOP, OUTCOME_SUCCEEDED, ObjectRef, StatusUpdate,
 };
 
+#[derive(Clone)]
 pub struct Poller {
     agent: Agent,
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Same-object order across polls (see `lanes`).
+    order: Arc<lanes::Sequencer>,
+    /// Jobs between their turn and their hand-off to a readiness wait.
+    slots: Arc<Semaphore>,
+    /// Jobs taken on and not yet through their pipeline: polling pauses at
+    /// [`MAX_PENDING`].
+    pending: Arc<watch::Sender<usize>>,
 }
 
 fn wire_ref(a: &Applied) -> ObjectRef {
@@ -49,6 +56,17 @@ fn wire_ref(a: &Applied) -> ObjectRef {
         name: r.name.clone(),
         uid: r.uid.clone(),
         generation: r.generation,
+    }
+}
+
+/// Debug trace of where a job's time goes: milliseconds since the control plane created
+/// it when it reaches `stage` (`RUST_LOG=vworkspace_operator::agent::poller=debug`).
+fn stage(job: &Job, stage: &'static str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let ms = job
+            .created_at
+            .map(|c| Timestamp::now().duration_since(c).as_secs_f64() * 1000.0);
+        tracing::debug!(job_id = %job.id, stage, since_created_ms = ms, "job stage");
     }
 }
 
@@ -66,6 +84,9 @@ impl Poller {
         Poller {
             agent,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
+            order: Arc::new(lanes::Sequencer::default()),
+            slots: Arc::new(Semaphore::new(CONCURRENT_JOBS)),
+            pending: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -97,12 +118,21 @@ impl Poller {
                 }
                 continue;
             }
+            // Jobs of earlier polls run while this one waits; only a long queue of
+            // jobs not yet started holds the next poll back.
+            let mut pending = self.pending.subscribe();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = pending.wait_for(|n| *n < MAX_PENDING) => {}
+            }
             let started = tokio::time::Instant::now();
             let fetched = tokio::select! {
                 _ = cancel.cancelled() => return,
                 // New token/URL: restart the poll with it.
                 _ = creds_rx.changed() => continue,
-                r = agent.client().poll(self.wait_seconds()) => r,
+                // The first fetch does not wait for new jobs: the journal is resumed
+                // after it, and should not sit out a whole poll interval first.
+                r = agent.client().poll(if resumed { self.wait_seconds() } else { 0 }) => r,
             };
             match fetched {
                 Ok(batch) => {
@@ -138,24 +168,29 @@ impl Poller {
                             "jobs answer over the size limit: read up to the limit; later jobs come with a later poll"
                         );
                     }
+                    let mut jobs = Vec::with_capacity(batch.entries.len());
                     for entry in batch.entries {
-                        if cancel.is_cancelled() {
-                            return;
-                        }
                         match entry {
-                            Entry::Job(job) => self.process(*job, &cancel).await,
+                            Entry::Job(job) => {
+                                stage(&job, "polled");
+                                jobs.push(*job)
+                            }
                             Entry::Malformed {
                                 id: Some(id),
                                 problem,
                             } => {
                                 tracing::warn!(job_id = %id, problem = %problem, "job cannot be read; answering failed");
-                                self.process(refused(&id, &problem), &cancel).await;
+                                jobs.push(refused(&id, &problem));
                             }
                             Entry::Malformed { id: None, problem } => {
                                 agent.metrics().malformed_jobs_total.inc();
                                 tracing::warn!(problem = %problem, "job without a usable id cannot be read or answered; skipped and counted");
                             }
                         }
+                    }
+                    self.take_on(jobs, false, &cancel).await;
+                    if cancel.is_cancelled() {
+                        return;
                     }
                     if self.wait_seconds() == 0 {
                         let min_gap = Duration::from_secs(1).saturating_sub(started.elapsed());
@@ -224,41 +259,109 @@ impl Poller {
                 return;
             }
         };
-        for job in jobs {
+        for job in &jobs {
             tracing::info!(job_id = %job.id, kind = %job.kind, "resuming a job taken on before a restart");
-            self.process(job, cancel).await;
+        }
+        self.take_on(jobs, true, cancel).await;
+    }
+
+    /// Takes on one poll's jobs (in server order): marks them in flight, journals them
+    /// all in one update before any is acknowledged, then starts each in its own task
+    /// without waiting for them: a job's turn (see `lanes`) opens once the job before it
+    /// on the same object is through, and at most [`CONCURRENT_JOBS`] run their pipeline
+    /// at once. `journaled`: resumed from the journal.
+    async fn take_on(&self, jobs: Vec<Job>, journaled: bool, cancel: &CancellationToken) {
+        let mut taken = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if !self.mark(&job.id) {
+                tracing::debug!(job_id = %job.id, "job redelivered while still in progress; skipped");
+                continue;
+            }
+            let done = InFlight(self.in_flight.clone(), job.id.clone());
+            taken.push(Taken {
+                job,
+                done,
+                journaled,
+            });
+        }
+        if taken.is_empty() {
+            return;
+        }
+        if !journaled {
+            let jobs: Vec<Job> = taken.iter().map(|t| t.job.clone()).collect();
+            match self.agent.inner.journal.add_all(&jobs).await {
+                Ok(()) => taken.iter_mut().for_each(|t| {
+                    stage(&t.job, "journaled");
+                    t.journaled = true
+                }),
+                // Each job is then journaled on its own before its ack (with retries):
+                // a large poll may not fit the Secret while its jobs one by one do.
+                Err(e) => {
+                    tracing::warn!(jobs = jobs.len(), error = %e, "cannot journal the poll's jobs together; journaling them one by one")
+                }
+            }
+        }
+        for t in taken {
+            // Turns are handed out here, in server order, before any task runs.
+            let mut turn = self.order.turn(lanes::object_key(&t.job, REFUSED_KIND));
+            self.pending.send_modify(|n| *n += 1);
+            let pending = Pending(self.pending.clone());
+            let (p, cancel) = (self.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let _pending = pending;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = turn.ready() => {}
+                }
+                let Ok(slot) = p.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if cancel.is_cancelled() {
+                    // Stays journaled: the next run resumes it.
+                    return;
+                }
+                let id = t.job.id.clone();
+                let step = p.settle(t, &cancel).await;
+                // The next job on this object and the next job waiting for a slot go
+                // now; the journal removal is not theirs to wait for.
+                drop(turn);
+                drop(slot);
+                if step == Step::Settled {
+                    forget(&p.agent, &id).await;
+                }
+            });
         }
     }
 
-    /// One job through the pipeline. The job is journaled before it is acknowledged and
-    /// leaves the journal when its result is delivered, so a restart resumes it.
-    pub async fn process(&self, job: Job, cancel: &CancellationToken) {
+    /// A taken job: journaled (if its poll's update failed) before it is acknowledged.
+    /// `Settled`: the control plane holds its answer, it may leave the journal.
+    async fn settle(&self, t: Taken, cancel: &CancellationToken) -> Step {
         let a = &self.agent;
-        if !self.mark(&job.id) {
-            tracing::debug!(job_id = %job.id, "job redelivered while still in progress; skipped");
-            return;
-        }
-        let done = InFlight(self.in_flight.clone(), job.id.clone());
-        let mut backoff = Backoff::new(a.config().backoff);
-        let mut attempt = 0;
-        while let Err(e) = a.inner.journal.add(&job).await {
-            attempt += 1;
-            if attempt >= JOURNAL_ATTEMPTS {
-                // A control plane may hand a job out only once: answering it without the
-                // journal (lost only if the operator also dies before the result) beats
-                // leaving it unanswered for good.
-                tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; processing it unjournaled");
-                break;
+        let Taken {
+            job,
+            done,
+            journaled,
+        } = t;
+        if !journaled {
+            let mut backoff = Backoff::new(a.config().backoff);
+            let mut attempt = 0;
+            while let Err(e) = a.inner.journal.add(&job).await {
+                attempt += 1;
+                if attempt >= JOURNAL_ATTEMPTS {
+                    // A control plane may hand a job out only once: answering it without
+                    // the journal (lost only if the operator also dies before the result)
+                    // beats leaving it unanswered for good.
+                    tracing::warn!(job_id = %job.id, error = %e, "cannot journal the job; processing it unjournaled");
+                    break;
+                }
+                tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Step::Unsettled,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
             }
-            tracing::debug!(job_id = %job.id, error = %e, "cannot journal the job; retrying");
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-            }
         }
-        if self.pipeline(job.clone(), cancel, done).await == Step::Settled {
-            forget(a, &job.id).await;
-        }
+        self.pipeline(job, cancel, done).await
     }
 
     /// The pipeline after journaling.
@@ -272,6 +375,7 @@ impl Poller {
             }
             Acked::Cancelled => return Step::Unsettled,
         }
+        stage(&job, "acked");
         if job.kind == REFUSED_KIND {
             let problem = job.payload["problem"]
                 .as_str()
@@ -346,6 +450,7 @@ impl Poller {
                 "unknown job kind {other:?} (expected apply, delete or intent)"
             ))),
         };
+        stage(&job, "applied");
         let applied = match applied {
             Ok(x) => x,
             Err(e) => {
@@ -365,6 +470,7 @@ impl Poller {
         let (a2, cancel2) = (a.clone(), cancel.clone());
         tokio::spawn(async move {
             let verdict = wait_ready(&a2, &job, &applied, &cancel2).await;
+            stage(&job, "ready");
             // No verdict means shutdown or lost leadership: the job stays journaled and
             // the next leader resumes it.
             if let Some(v) = verdict
@@ -376,6 +482,30 @@ impl Poller {
         });
         Step::HandedOff
     }
+}
+
+/// Jobs in their pipeline (ack → apply) at once; readiness waits do not count.
+pub const CONCURRENT_JOBS: usize = 64;
+
+/// Jobs taken on but not started or not through their pipeline above which polling
+/// pauses (a poll may still bring more: its size is bounded by bytes).
+pub const MAX_PENDING: usize = 256;
+
+/// Counts a taken job as pending until dropped.
+struct Pending(Arc<watch::Sender<usize>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A job this process has taken on: in flight until `done` drops.
+struct Taken {
+    job: Job,
+    done: InFlight,
+    /// Already in the journal (journaled with its poll, or resumed from it).
+    journaled: bool,
 }
 
 /// How often journaling a job is tried before it is processed unjournaled.
@@ -491,6 +621,7 @@ async fn finish(
             Some(r),
         ),
     };
+    stage(job, "recorded");
     post_result(a, job, res, cancel).await
 }
 
@@ -505,63 +636,79 @@ async fn wait_ready(
     let r = &applied.reference;
     let (group, version) = split_api_version(&r.api_version);
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &r.kind));
-    let api: Api<DynamicObject> = Api::namespaced_with(a.kube().clone(), &r.namespace, &ar);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
-    let mut stream = super::relist::relisting(api, cfg).boxed();
+    // One watch per kind and namespace, shared by every job waiting there.
+    let mut follower = a.inner.follow.object(&ar, &r.namespace, &r.name);
     let deadline = tokio::time::sleep(a.config().ready_timeout);
     tokio::pin!(deadline);
     let mut last: Option<Verdict> = None;
+    let mut posting: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
     loop {
-        let ev = tokio::select! {
+        let seen = tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = &mut deadline => return Some(last.unwrap_or(Verdict::Pending { phase: String::new(), message: "no status yet".into() })),
-            ev = stream.next() => ev,
+            seen = follower.next() => seen,
         };
-        let obj = match ev {
-            Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => o,
-            Some(Ok(watcher::Event::Delete(_))) => {
+        let value = match seen {
+            Seen::Present(v) => v,
+            Seen::Deleted => {
                 return Some(Verdict::Failed(format!(
                     "{} {} was deleted before it became ready",
                     r.kind, r.name
                 )));
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "readiness watch error (retrying)");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            None => return Some(Verdict::Failed("readiness watch ended".into())),
         };
-        let value = serde_json::to_value(&obj).unwrap_or_default();
         let verdict = evaluate(applied.readiness, &value, r.generation);
+        stage(job, "observed");
         if let Verdict::Pending { phase, message } = &verdict
             && last.as_ref() != Some(&verdict)
         {
             let update = StatusUpdate {
                 phase: phase.clone(),
-                conditions: super::readiness::conditions(&value)
-                    .into_iter()
-                    .map(|c: Condition| c)
-                    .collect(),
+                conditions: super::readiness::conditions(&value),
                 message: message.clone(),
                 timestamp: Timestamp::now(),
             };
-            match a.client().status(&job.id, &update).await {
-                Err(ClientError::JobGone) => {
-                    tracing::info!(job_id = %job.id, "job closed on the control plane while waiting for readiness");
-                    return None;
-                }
-                Err(e) => {
-                    tracing::debug!(job_id = %job.id, error = %e, "interim status not delivered")
-                }
-                Ok(()) => {}
+            // Posted beside the wait, not before it: the next state is seen as soon as
+            // it comes. Posts of one job stay in order (each waits for the one before).
+            if !status_posted(job, posting.take()).await {
+                return None;
             }
+            let (a2, job2) = (a.clone(), job.clone());
+            posting = Some(tokio::spawn(async move {
+                let r = a2.client().status(&job2.id, &update).await;
+                if r.is_ok() {
+                    stage(&job2, "status posted");
+                }
+                r
+            }));
         }
         if !matches!(verdict, Verdict::Pending { .. }) {
-            return Some(verdict);
+            // The result goes after the interim states.
+            return status_posted(job, posting.take()).await.then_some(verdict);
         }
         last = Some(verdict);
+    }
+}
+
+/// Waits for an interim status post; `false` when the control plane said the job is
+/// closed (no result is due then).
+async fn status_posted(
+    job: &Job,
+    posting: Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
+) -> bool {
+    match posting {
+        Some(h) => match h.await {
+            Ok(Err(ClientError::JobGone)) => {
+                tracing::info!(job_id = %job.id, "job closed on the control plane while waiting for readiness");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(job_id = %job.id, error = %e, "interim status not delivered");
+                true
+            }
+            _ => true,
+        },
+        None => true,
     }
 }
 
@@ -581,6 +728,7 @@ pub async fn post_result(
     loop {
         match a.client().result(&job.id, &res).await {
             Ok(d) => {
+                stage(job, "answered");
                 if d == Delivery::Accepted {
                     a.metrics().record_result(&res.outcome);
                     if let Some(created) = job.created_at {

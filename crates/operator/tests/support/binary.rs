@@ -111,7 +111,12 @@ impl Operator {
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", format!("operator-{namespace}"))
-            .env("RUST_LOG", "info,kube=warn")
+            // `VWORKSPACE_TEST_OPERATOR_LOG` (a RUST_LOG value) to see more of a failed run.
+            .env(
+                "RUST_LOG",
+                std::env::var("VWORKSPACE_TEST_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)
