@@ -1452,8 +1452,11 @@ fn a_started_workload_makes_the_operation_running() {
         condition(&plan, types::RUNNING),
         ("True", r::ENGINE_STARTED, "workload created")
     );
-    // Back exactly when the timeout is due.
-    assert_eq!(plan.requeue, Some(Duration::from_millis(120_500)));
+    // Back when the timeout is due, at the latest after RUNNING_RECHECK.
+    assert_eq!(
+        plan.requeue,
+        Some(RUNNING_RECHECK.min(Duration::from_millis(120_500)))
+    );
 }
 
 #[test]
@@ -1605,7 +1608,11 @@ fn the_running_message_follows_the_engine_and_is_written_once() {
     let plan = decide(&running_job(json!([])), now());
     let (_, _, message) = condition(&plan, types::RUNNING);
     assert_eq!(message, "Job running (1 active pod(s))");
-    assert_eq!(plan.requeue, None, "no timeout: wait for the watch");
+    assert_eq!(
+        plan.requeue,
+        Some(RUNNING_RECHECK),
+        "no timeout: the watch, and a bounded wait if an event is missed"
+    );
     let mut again = running_job(json!([]));
     again.op.status = Some(status(&plan).clone());
     assert_eq!(decide(&again, now()).status, None);
@@ -1616,7 +1623,8 @@ fn timeout_table() {
     let job = ApiResource::erase::<k8s_openapi::api::batch::v1::Job>(&());
     // Started at T0, now is T0 + 600 s.
     let cases: Vec<(i64, Option<Duration>)> = vec![
-        (900, Some(Duration::from_millis(300_500))),
+        (900, Some(RUNNING_RECHECK)),
+        (650, Some(Duration::from_millis(50_500))),
         (601, Some(Duration::from_millis(1_500))),
         (600, None),
         (30, None),
