@@ -19,7 +19,8 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, metadata_watcher, watcher};
 use kube::{Resource, ResourceExt};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
@@ -159,10 +160,15 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         peers,
     });
     let mut controller = controller
-        .watches(
-            scoped::<ApplicationInstance>(&client, namespace),
-            watcher::Config::default(),
-            move |t: ApplicationInstance| {
+        // Only an instance's name and namespace are read here: a metadata watch, so the
+        // instances' specs and statuses are not fetched and parsed a second time.
+        .watches_stream(
+            metadata_watcher(
+                scoped::<ApplicationInstance>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .touched_objects(),
+            move |t: PartialObjectMeta<ApplicationInstance>| {
                 let mut refs = pending_for(t.namespace(), t.name_any(), None);
                 refs.extend(upgrades_of(t.namespace(), t.name_any()));
                 refs
