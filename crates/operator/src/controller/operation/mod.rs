@@ -20,7 +20,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, metadata_watcher, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use vworkspace_api::ApplicationInstance;
 use vworkspace_api::keys;
@@ -163,8 +163,8 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         // Only an instance's name and namespace are read here: a metadata watch, so the
         // instances' specs and statuses are not fetched and parsed a second time.
         .watches_stream(
-            metadata_watcher(
-                scoped::<ApplicationInstance>(&client, namespace),
+            watcher(
+                scoped::<PartialObjectMeta<ApplicationInstance>>(&client, namespace),
                 watcher::Config::default(),
             )
             .touched_objects(),
