@@ -16,11 +16,15 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use vworkspace_decide::instance::Child;
-use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
+use vworkspace_decide::kinds::flux::{
+    HelmRelease, HelmReleaseSpec, HelmRepository, HelmRepositorySpec, OCIRepository,
+    OCIRepositorySpec,
+};
 
 /// Which child a memo entry is about.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -70,9 +74,7 @@ pub(super) fn desired_hash(obj: &impl serde::Serialize) -> u64 {
 pub(super) trait Reacts: Resource<DynamicType = ()> {
     const KIND: Kind;
     /// Drops what no pass reads before the object reaches the store.
-    fn slim(&mut self) {
-        self.meta_mut().managed_fields = None;
-    }
+    fn slim(&mut self);
     fn reaction(&self) -> u64 {
         hash_of(&(
             self.meta().generation,
@@ -81,22 +83,46 @@ pub(super) trait Reacts: Resource<DynamicType = ()> {
     }
 }
 
+/// The metadata a pass or a trigger reads of a child: name, namespace, generation,
+/// deletion and the owner references (the watch finds the owner's pass through them).
+fn slim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.finalizers = None;
+}
+
+/// Of a chart source, a pass reads only that it exists, its generation and whether it is
+/// being deleted: its spec and Flux's status are not kept.
 impl Reacts for HelmRepository {
     const KIND: Kind = Kind::HelmRepository;
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata);
+        self.spec = HelmRepositorySpec::default();
+        self.status = None;
+    }
 }
 
 impl Reacts for OCIRepository {
     const KIND: Kind = Kind::OCIRepository;
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata);
+        self.spec = OCIRepositorySpec::default();
+        self.status = None;
+    }
 }
 
 impl Reacts for HelmRelease {
     const KIND: Kind = Kind::HelmRelease;
     /// A pass reads Flux's conditions, observed generation, `spec.suspend` and the latest
     /// release (the chart version Flux released: an OCI upgrade moves nothing else); the
-    /// values (possibly large) and older releases are not kept.
+    /// rest of the spec (the values may be large) and older releases are not kept.
     fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.spec.values = None;
+        slim_meta(&mut self.metadata);
+        self.spec = HelmReleaseSpec {
+            suspend: self.spec.suspend,
+            ..HelmReleaseSpec::default()
+        };
         if let Some(status) = &mut self.status {
             if let Some(history) = &mut status.history {
                 history.truncate(1);
@@ -411,6 +437,49 @@ mod tests {
                 .is_none()
         );
         assert!(cache.triggers(&release(1, None)));
+    }
+
+    #[test]
+    fn slimming_keeps_what_passes_and_owner_triggers_read() {
+        let meta = serde_json::json!({
+            "name": "wiki", "namespace": "team", "generation": 3, "uid": "u1",
+            "deletionTimestamp": "2026-12-01T00:00:00Z", "finalizers": ["flux"],
+            "labels": {"a": "b"}, "annotations": {"c": "d"},
+            "ownerReferences": [{"apiVersion": "apps.vworkspace.io/v1alpha1",
+                "kind": "ApplicationInstance", "name": "wiki", "uid": "owner",
+                "controller": true}]
+        });
+        let mut repo: HelmRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+            "metadata": meta,
+            "spec": {"url": "https://charts.example.org", "interval": "10m"},
+            "status": {"observedGeneration": 3}
+        }))
+        .unwrap();
+        let reaction = repo.reaction();
+        repo.slim();
+        assert_eq!(repo.spec, HelmRepositorySpec::default());
+        assert!(repo.status.is_none() && repo.metadata.labels.is_none());
+        assert_eq!(repo.reaction(), reaction, "generation and deletion kept");
+        assert_eq!(
+            repo.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "owner",
+            "the owner's pass is found through them"
+        );
+
+        let mut hr = release(3, Some("True"));
+        hr.metadata.owner_references = repo.metadata.owner_references.clone();
+        hr.spec.suspend = Some(true);
+        hr.spec.values = Some(serde_json::json!({"big": "x".repeat(1000)}));
+        let reaction = hr.reaction();
+        let suspended = crate::kinds::flux::HelmReleaseSpec {
+            suspend: Some(true),
+            ..Default::default()
+        };
+        hr.slim();
+        assert_eq!(hr.spec, suspended, "of the spec a pass reads only suspend");
+        assert_eq!(hr.reaction(), reaction, "conditions and generations kept");
+        assert!(hr.metadata.owner_references.is_some());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -159,10 +160,15 @@ pub async fn run(ctx: Arc<Context>, config: OperationConfig, namespace: Option<&
         peers,
     });
     let mut controller = controller
-        .watches(
-            scoped::<ApplicationInstance>(&client, namespace),
-            watcher::Config::default(),
-            move |t: ApplicationInstance| {
+        // Only an instance's name and namespace are read here: a metadata watch, so the
+        // instances' specs and statuses are not fetched and parsed a second time.
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<ApplicationInstance>>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .touched_objects(),
+            move |t: PartialObjectMeta<ApplicationInstance>| {
                 let mut refs = pending_for(t.namespace(), t.name_any(), None);
                 refs.extend(upgrades_of(t.namespace(), t.name_any()));
                 refs
