@@ -2,6 +2,9 @@
 //! set up as the default install leaves it.
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
+};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde::Deserialize;
@@ -22,18 +25,12 @@ pub async fn install_mutating_policies(client: &Client) -> Result<()> {
     let mut applied = 0;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let doc = serde_json::Value::deserialize(doc)?;
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let plural = match kind {
-            "MutatingAdmissionPolicy" => "mutatingadmissionpolicies",
-            "MutatingAdmissionPolicyBinding" => "mutatingadmissionpolicybindings",
+        let ar = match doc["kind"].as_str().unwrap_or_default() {
+            "MutatingAdmissionPolicy" => ApiResource::erase::<MutatingAdmissionPolicy>(&()),
+            "MutatingAdmissionPolicyBinding" => {
+                ApiResource::erase::<MutatingAdmissionPolicyBinding>(&())
+            }
             _ => continue,
-        };
-        let ar = ApiResource {
-            group: "admissionregistration.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "admissionregistration.k8s.io/v1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
         };
         let name = doc["metadata"]["name"]
             .as_str()
@@ -42,7 +39,7 @@ pub async fn install_mutating_policies(client: &Client) -> Result<()> {
         Api::<DynamicObject>::all_with(client.clone(), &ar)
             .patch(&name, &pp, &Patch::Apply(&doc))
             .await
-            .with_context(|| format!("applying {kind}/{name}"))?;
+            .with_context(|| format!("applying {}/{name}", ar.kind))?;
         applied += 1;
     }
     if applied == 0 {
