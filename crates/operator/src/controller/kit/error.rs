@@ -68,6 +68,9 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// The pass did not finish within the kit's deadline and was cancelled; retried.
+    #[error("pass cancelled after {0:?} (deadline)")]
+    Deadline(std::time::Duration),
 }
 
 /// Metric `category` values.
@@ -77,6 +80,7 @@ pub mod category {
     pub const STATUS: &str = "status";
     pub const FINALIZER: &str = "finalizer";
     pub const INVALID_SPEC: &str = "invalid_spec";
+    pub const DEADLINE: &str = "deadline";
 }
 
 impl Error {
@@ -99,6 +103,7 @@ impl Error {
         match self {
             Error::Stage { stage, .. } => stage.as_str(),
             Error::InvalidSpec { .. } => category::INVALID_SPEC,
+            Error::Deadline(_) => category::DEADLINE,
         }
     }
 
@@ -112,6 +117,7 @@ impl Error {
                 Stage::Finalizer => "FinalizerFailed",
             },
             Error::InvalidSpec { reason, .. } => reason,
+            Error::Deadline(_) => "PassDeadlineExceeded",
         }
     }
 
@@ -182,6 +188,15 @@ mod tests {
         assert!(e.waits_for_change());
         assert_eq!(e.api_code(), None);
         assert!(e.to_string().contains("spec.chart.url is empty"));
+    }
+
+    #[test]
+    fn a_deadline_is_retried_and_has_its_own_category() {
+        let e = Error::Deadline(std::time::Duration::from_secs(120));
+        assert_eq!(e.category(), category::DEADLINE);
+        assert_eq!(e.reason(), "PassDeadlineExceeded");
+        assert!(!e.waits_for_change());
+        assert_eq!(e.api_code(), None);
     }
 
     #[test]

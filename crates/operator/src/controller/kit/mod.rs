@@ -12,7 +12,9 @@
 //! act pass. The kit then supplies:
 //!
 //! - **a span per pass** (`reconcile` with `controller` and `object` = kind/namespace/name)
-//!   so every log line of the pass names the object;
+//!   so every log line of the pass names the object, and a **deadline**
+//!   ([`PASS_DEADLINE`]): a pass that hangs is cancelled and retried, not left holding
+//!   its object;
 //! - **metrics**: `controller_runtime_reconcile_total{controller,result}`,
 //!   `controller_runtime_reconcile_errors_total{controller,category}` and the histogram
 //!   `controller_runtime_reconcile_time_seconds{controller}`; `controller` is the
@@ -236,6 +238,12 @@ fn finalizers_patch(current: &[String], list: &[String]) -> Result<json_patch::P
     serde_json::from_value(ops).map_err(kube::Error::SerdeError)
 }
 
+/// Longest a pass may take before it is cancelled and retried. A healthy pass takes
+/// milliseconds to seconds; a pass stuck on a request that never answers (the client has
+/// no read timeout, since watches share it) would otherwise hold its object forever: the
+/// controller starts no other pass for an object while one runs.
+pub const PASS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Wraps a reconcile function with the span, the metrics and the backoff reset.
 pub fn reconciler<K, C, F, Fut>(
     f: F,
@@ -264,7 +272,27 @@ where
     let key = object_key(&*obj);
     let span = tracing::info_span!("reconcile", controller = %controller, object = %key);
     let started = Instant::now();
-    let result = f(obj, ctx.clone()).instrument(span).await;
+    let result = async {
+        tracing::debug!("pass started");
+        let result = match tokio::time::timeout(PASS_DEADLINE, f(obj, ctx.clone())).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(
+                    deadline_s = PASS_DEADLINE.as_secs(),
+                    "pass did not finish by its deadline; cancelled, will retry"
+                );
+                Err(Error::Deadline(PASS_DEADLINE))
+            }
+        };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "pass finished"
+        );
+        result
+    }
+    .instrument(span)
+    .await;
     let kit = ctx.kit();
     kit.metrics.record_reconcile(
         &controller,
