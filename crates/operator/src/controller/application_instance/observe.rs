@@ -12,7 +12,7 @@ use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
 use super::cache::{Cache, Reacts};
 use super::tenant_access;
 use crate::controller::Context;
-use crate::controller::kit::Cause;
+use crate::controller::kit::{self, Cause};
 
 /// Reads what the decision needs ([`decide::reads`]): key presence of the values
 /// Secret/ConfigMap (never their values), the children left at deletion, the
@@ -127,10 +127,11 @@ where
         + serde::de::DeserializeOwned
         + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    if !kit::store_ready(store).await {
+        return Err(kube::Error::Service(
+            "the child watch stopped before its first list".into(),
+        ));
+    }
     if store.get(&ObjectRef::new(name).within(namespace)).is_some() {
         return Ok(true);
     }

@@ -42,6 +42,7 @@
 
 mod backoff;
 mod error;
+mod ready;
 mod relist;
 mod status;
 
@@ -60,6 +61,7 @@ use tracing::Instrument;
 
 pub use backoff::{Backoff, Backoffs, TriggerBackoff};
 pub use error::{AtStage, Cause, Error, Stage, category};
+pub use ready::store_ready;
 pub use relist::applied_after_list;
 pub use status::Conditioned;
 

@@ -7,7 +7,7 @@ use vworkspace_api::operation::{Operation, Phase};
 use vworkspace_decide::operation::{self as decide, Observed};
 
 use super::{Ctx, engine_io, phase};
-use crate::controller::kit::{AtStage, Error, Stage};
+use crate::controller::kit::{self, AtStage, Error, Stage};
 
 /// Everything the decision needs, read once.
 pub(super) async fn observe(
@@ -27,7 +27,7 @@ pub(super) async fn observe(
         .await
         .at(Stage::Observe)?;
     // An empty cache before the first list would let a conflicting Operation through.
-    if ctx.peers.wait_until_ready().await.is_ok() {
+    if kit::store_ready(&ctx.peers).await {
         o.peers = ctx
             .peers
             .state()
