@@ -51,15 +51,13 @@ pub(super) async fn act(
             let namespace = inst.namespace().unwrap_or_default();
             let mut all_gone = true;
             for child in delete {
+                // A child gone now: this pass releases the instance or waits for another
+                // child; either way its deletion event needs no pass of its own.
+                let deleting = cache.deleting(&namespace, child);
                 let gone = delete_child(ctx, &namespace, child)
                     .await
                     .at(Stage::Apply)?;
-                if gone {
-                    // This pass releases the instance or waits for another child;
-                    // either way the deletion's watch event needs no pass of its own.
-                    cache.deleted_at_once(&namespace, child);
-                }
-                all_gone &= gone;
+                all_gone &= deleting.done(gone);
             }
             // No child was held back (no Flux finalizer, nothing to uninstall): release
             // now instead of writing a `Deleting` status and waiting for the deletions'

@@ -48,6 +48,10 @@ struct Memo {
     /// A pass deleted this child and saw it go at once: its deletion event is that
     /// pass's own echo.
     deleted_at_once: bool,
+    /// A pass is deleting this child: a deletion event arriving before the DELETE's
+    /// answer is noted in `deletion_seen` instead of triggering.
+    deleting: bool,
+    deletion_seen: bool,
 }
 
 /// Stores and memo shared by the watches and the passes.
@@ -210,18 +214,29 @@ impl Cache {
     /// unless a pass deleted it and saw it go at once (that pass already acted on it).
     pub fn forget<K: Reacts>(&self, obj: &K) -> bool {
         let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
-        self.with(|memo| memo.remove(&k))
-            .is_none_or(|m| !m.deleted_at_once)
+        self.with(|memo| match memo.get_mut(&k) {
+            // The pass deleting it acts on the outcome; see `Deleting::done`.
+            Some(m) if m.deleting => {
+                m.deletion_seen = true;
+                false
+            }
+            _ => memo.remove(&k).is_none_or(|m| !m.deleted_at_once),
+        })
     }
 
-    /// A pass deleted `child` and the answer showed it gone (no finalizer held it).
-    pub fn deleted_at_once(&self, namespace: &str, child: &Child) {
-        let k = match child {
-            Child::HelmRelease(n) => key::<HelmRelease>(namespace, n),
-            Child::HelmRepository(n) => key::<HelmRepository>(namespace, n),
-            Child::OCIRepository(n) => key::<OCIRepository>(namespace, n),
-        };
-        self.with(|memo| memo.entry(k).or_default().deleted_at_once = true);
+    /// Starts deleting `child`: until [`Deleting::done`], its deletion event is this
+    /// pass's to handle and triggers nothing (the event may come before the answer).
+    pub fn deleting(self: &Arc<Self>, namespace: &str, child: &Child) -> Deleting {
+        let k = child_key(namespace, child);
+        self.with(|memo| {
+            let m = memo.entry(k.clone()).or_default();
+            m.deleting = true;
+            m.deletion_seen = false;
+        });
+        Deleting {
+            cache: self.clone(),
+            key: Some(k),
+        }
     }
 
     /// The stored child when the last apply of exactly `desired` still stands: the same
@@ -261,6 +276,56 @@ impl Cache {
         Applying {
             cache: self.clone(),
             key: Some(k),
+        }
+    }
+}
+
+fn child_key(namespace: &str, child: &Child) -> Key {
+    match child {
+        Child::HelmRelease(n) => key::<HelmRelease>(namespace, n),
+        Child::HelmRepository(n) => key::<HelmRepository>(namespace, n),
+        Child::OCIRepository(n) => key::<OCIRepository>(namespace, n),
+    }
+}
+
+/// A child being deleted; dropping it without [`Deleting::done`] (a failed DELETE)
+/// lets its deletion event trigger again.
+pub(super) struct Deleting {
+    cache: Arc<Cache>,
+    key: Option<Key>,
+}
+
+impl Deleting {
+    /// The DELETE answered; `gone_now` says whether the answer showed the child gone.
+    /// Returns whether it is gone, counting a deletion event that came meanwhile. When
+    /// it is, its deletion event (still to come) is this pass's echo and wakes nothing.
+    pub fn done(mut self, gone_now: bool) -> bool {
+        let Some(k) = self.key.take() else {
+            return gone_now;
+        };
+        self.cache.with(|memo| {
+            if memo.get(&k).is_some_and(|m| m.deletion_seen) {
+                // Its event came already: nothing left to remember.
+                memo.remove(&k);
+                return true;
+            }
+            let m = memo.entry(k).or_default();
+            m.deleting = false;
+            m.deleted_at_once = gone_now;
+            gone_now
+        })
+    }
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.cache.with(|memo| {
+                if let Some(m) = memo.get_mut(&k) {
+                    m.deleting = false;
+                    m.deletion_seen = false;
+                }
+            });
         }
     }
 }
@@ -409,17 +474,36 @@ mod tests {
         assert!(cache.forget(&release(1, None)));
         assert!(cache.forget(&release(1, None)), "unknown child");
         // Deleted by a pass that saw it go: the echo wakes nothing, once.
-        cache.deleted_at_once("team", &Child::HelmRelease("wiki".into()));
+        let wiki = Child::HelmRelease("wiki".into());
+        assert!(cache.deleting("team", &wiki).done(true));
         let mut repo = HelmRepository::new("wiki", Default::default());
         repo.metadata.namespace = Some("team".into());
         assert!(cache.forget(&repo), "per kind");
         assert!(!cache.forget(&release(1, None)));
         assert!(cache.forget(&release(1, None)));
         // A new apply of the same name clears a mark whose echo never came.
-        cache.deleted_at_once("team", &Child::HelmRelease("wiki".into()));
+        assert!(cache.deleting("team", &wiki).done(true));
         cache
             .applying::<HelmRelease>("team", "wiki")
             .done(7, &release(1, None));
+        assert!(cache.forget(&release(1, None)));
+    }
+
+    #[test]
+    fn a_deletion_event_before_the_delete_answer_is_the_passes_own() {
+        let (cache, _) = cache();
+        let wiki = Child::HelmRelease("wiki".into());
+        // The event overtakes the answer: no trigger, and the pass counts it as gone
+        // even if the answer (read earlier) still showed a finalizer.
+        let deleting = cache.deleting("team", &wiki);
+        assert!(!cache.forget(&release(1, None)));
+        assert!(deleting.done(false));
+        assert!(cache.forget(&release(1, None)), "nothing left behind");
+        // Held by a finalizer (Flux uninstalling): the later event must wake a pass.
+        assert!(!cache.deleting("team", &wiki).done(false));
+        assert!(cache.forget(&release(1, None)));
+        // A failed DELETE (guard dropped): the event triggers as usual.
+        drop(cache.deleting("team", &wiki));
         assert!(cache.forget(&release(1, None)));
     }
 
