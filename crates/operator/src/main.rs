@@ -20,6 +20,16 @@ use vworkspace_operator::metrics_auth;
 use vworkspace_operator::probes::{self, Readiness};
 use vworkspace_operator::webhook;
 
+/// jemalloc instead of glibc's malloc: see docs/benchmarks.md (memory).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start: a background thread returns freed pages to
+/// the kernel after a second instead of on the next allocation's time.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(name = "vworkspace-operator", version, about)]
 struct Cli {

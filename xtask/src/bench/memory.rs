@@ -40,7 +40,18 @@ async fn memory(
     }
     let watched = Watched::start(&admin, ns).await?;
     let log = std::fs::File::create(dir.join("operator.log"))?;
-    let mut child = tokio::process::Command::new(bin)
+    // `VWORKSPACE_BENCH_OPERATOR_WRAPPER` (e.g. `heaptrack -o /tmp/op`) runs the operator
+    // under a profiler; the RSS figures are then the profiler's, not the operator's.
+    let wrapper = std::env::var("VWORKSPACE_BENCH_OPERATOR_WRAPPER").ok();
+    let mut command = match wrapper.as_deref().map(str::split_whitespace) {
+        Some(mut words) => {
+            let mut c = tokio::process::Command::new(words.next().context("empty wrapper")?);
+            c.args(words).arg(bin);
+            c
+        }
+        None => tokio::process::Command::new(bin),
+    };
+    let mut child = command
         .args(["run", "--health-probe-bind-address=127.0.0.1:0"])
         .arg(format!("--watch-namespace={ns}"))
         .env("KUBECONFIG", kubeconfig)
@@ -96,6 +107,39 @@ async fn memory(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let loaded = rss_kib(pid)?;
     let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
+    // `VWORKSPACE_BENCH_MALLOC_TRIM=1`: glibc's `malloc_stats` into the operator's log and
+    // `malloc_trim(0)` through gdb, then RSS again: what the allocator kept but no object
+    // uses.
+    let trimmed = if std::env::var_os("VWORKSPACE_BENCH_MALLOC_TRIM").is_some() {
+        let out = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "call (void)malloc_stats()",
+            ])
+            .args(["-ex", "call (int)malloc_trim(0)"])
+            .output()
+            .context("running gdb")?;
+        if !out.status.success() {
+            bail!("gdb: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+        let stats: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("bytes") || l.starts_with("Arena") || l.contains("mmap"))
+            .collect();
+        println!("malloc_stats:\n{}", stats.join("\n"));
+        Some(rss_kib(pid)?)
+    } else {
+        None
+    };
+    if wrapper.is_some() {
+        // A profiler writes its data when the operator exits: stop it gracefully.
+        stop_gracefully(pid, &mut child).await;
+    }
     let _ = child.kill().await;
     let bytes = cached_bytes::<ApplicationInstance>(&admin, ns).await?
         + cached_bytes::<HelmRelease>(&admin, ns).await?
@@ -129,7 +173,22 @@ async fn memory(
         mib(anon),
         mib(file),
     );
+    if let Some(t) = trimmed {
+        let _ = writeln!(out, "\nAfter `malloc_trim(0)`: {:.1} MiB.", mib(t));
+    }
     Ok(out)
+}
+
+/// SIGTERM to the processes `pid` started (the wrapped operator), then wait for `child`.
+async fn stop_gracefully(pid: u32, child: &mut tokio::process::Child) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for p in children.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", p])
+            .status();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
 }
 
 /// One `kB` field of `/proc/<pid>/status` (`RssAnon`, `RssFile`).

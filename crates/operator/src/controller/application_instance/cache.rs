@@ -89,11 +89,15 @@ pub(super) trait Reacts: Resource<DynamicType = ()> {
 
 /// The metadata a pass or a trigger reads of a child: name, namespace, generation,
 /// deletion and the owner references (the watch finds the owner's pass through them).
+/// The uid and resourceVersion are read by neither, and the store's key would copy them
+/// once more.
 fn slim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
     meta.finalizers = None;
+    meta.uid = None;
+    meta.resource_version = None;
 }
 
 /// Of a chart source, a pass reads only that it exists, its generation and whether it is
@@ -526,7 +530,7 @@ mod tests {
     #[test]
     fn slimming_keeps_what_passes_and_owner_triggers_read() {
         let meta = serde_json::json!({
-            "name": "wiki", "namespace": "team", "generation": 3, "uid": "u1",
+            "name": "wiki", "namespace": "team", "generation": 3, "uid": "u1", "resourceVersion": "7",
             "deletionTimestamp": "2026-12-01T00:00:00Z", "finalizers": ["flux"],
             "labels": {"a": "b"}, "annotations": {"c": "d"},
             "ownerReferences": [{"apiVersion": "apps.vworkspace.io/v1alpha1",
@@ -544,6 +548,7 @@ mod tests {
         repo.slim();
         assert_eq!(repo.spec, HelmRepositorySpec::default());
         assert!(repo.status.is_none() && repo.metadata.labels.is_none());
+        assert!(repo.metadata.uid.is_none() && repo.metadata.resource_version.is_none());
         assert_eq!(repo.reaction(), reaction, "generation and deletion kept");
         assert_eq!(
             repo.metadata.owner_references.as_ref().unwrap()[0].uid,
