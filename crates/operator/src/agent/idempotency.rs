@@ -119,6 +119,31 @@ pub fn encode(entries: &Entries, limits: &Limits, now: Timestamp) -> BTreeMap<St
     ])
 }
 
+/// Counts a key as being recorded until dropped (two jobs may share a key).
+struct Recording<'a>(&'a std::sync::Mutex<HashMap<String, usize>>, &'a str);
+
+impl<'a> Recording<'a> {
+    fn new(set: &'a std::sync::Mutex<HashMap<String, usize>>, key: &'a str) -> Self {
+        if let Ok(mut s) = set.lock() {
+            *s.entry(key.to_string()).or_default() += 1;
+        }
+        Recording(set, key)
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock()
+            && let Some(n) = s.get_mut(self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(self.1);
+            }
+        }
+    }
+}
+
 /// The persistent set, cached in memory after the first read.
 pub struct IdempotencyStore {
     api: Api<ConfigMap>,
@@ -132,6 +157,10 @@ pub struct IdempotencyStore {
     /// Keys waiting for the next write: keys recorded while another write is in
     /// progress go out together in one update.
     queued: std::sync::Mutex<HashMap<String, Timestamp>>,
+    /// Keys whose `record` has not returned yet (queued or being written): a job's
+    /// result may be posted while its key is still being written, and a replay then
+    /// counts as recorded.
+    recording: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl IdempotencyStore {
@@ -142,10 +171,14 @@ impl IdempotencyStore {
             known: std::sync::Mutex::new(None),
             writer: Mutex::new(None),
             queued: std::sync::Mutex::new(HashMap::new()),
+            recording: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     fn lookup(&self, key: &str) -> Option<bool> {
+        if self.recording.lock().is_ok_and(|r| r.contains_key(key)) {
+            return Some(true);
+        }
         let known = self.known.lock().ok()?;
         known.as_ref().map(|k| k.contains_key(key))
     }
@@ -184,6 +217,7 @@ impl IdempotencyStore {
         if key.is_empty() {
             return Ok(());
         }
+        let _recording = Recording::new(&self.recording, key);
         self.queue([(key.to_string(), Timestamp::now())]);
         let mut writer = self.writer.lock().await;
         let batch: Entries = match self.queued.lock() {
