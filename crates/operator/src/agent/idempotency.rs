@@ -161,7 +161,16 @@ pub struct IdempotencyStore {
     /// result may be posted while its key is still being written, and a replay then
     /// counts as recorded.
     recording: std::sync::Mutex<HashMap<String, usize>>,
+    /// When the last write ended: writes are spaced by [`MIN_GAP`].
+    last_write: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Least time between two writes of the ConfigMap. Each write carries the whole set
+/// (up to 512 KiB); at 20 jobs/s writing one key at a time kept the API server busy with
+/// back-to-back writes of the growing object, slowing every other request of the jobs.
+/// Keys are recorded beside their job's result post, so the gap delays only the job's
+/// removal from the in-flight journal, not its answer.
+pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl IdempotencyStore {
     pub fn new(client: kube::Client, namespace: &str, limits: Limits) -> Self {
@@ -172,6 +181,7 @@ impl IdempotencyStore {
             writer: Mutex::new(None),
             queued: std::sync::Mutex::new(HashMap::new()),
             recording: std::sync::Mutex::new(HashMap::new()),
+            last_write: std::sync::Mutex::new(None),
         }
     }
 
@@ -220,14 +230,26 @@ impl IdempotencyStore {
         let _recording = Recording::new(&self.recording, key);
         self.queue([(key.to_string(), Timestamp::now())]);
         let mut writer = self.writer.lock().await;
+        let written = |q: &HashMap<String, Timestamp>| !q.contains_key(key);
+        // Not queued any more: an earlier holder of the lock wrote it (a failed write
+        // puts its keys back before it lets go of the lock).
+        if self.queued.lock().is_ok_and(|q| written(&q)) {
+            return Ok(());
+        }
+        let last = self.last_write.lock().ok().and_then(|l| *l);
+        if let Some(last) = last {
+            // Keys queued meanwhile go out with this write.
+            tokio::time::sleep_until(last + MIN_GAP).await;
+        }
         let batch: Entries = match self.queued.lock() {
-            // Not queued any more: an earlier holder of the lock wrote it (a failed write
-            // puts its keys back before it lets go of the lock).
-            Ok(q) if !q.contains_key(key) => return Ok(()),
+            Ok(q) if written(&q) => return Ok(()),
             Ok(mut q) => q.drain().collect(),
             Err(_) => Entries::from([(key.to_string(), Timestamp::now())]),
         };
         let result = self.write(&mut writer, &batch).await;
+        if let Ok(mut l) = self.last_write.lock() {
+            *l = Some(tokio::time::Instant::now());
+        }
         if result.is_err() {
             self.queue(batch.into_iter().filter(|(k, _)| k != key));
         }
