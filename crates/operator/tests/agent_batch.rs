@@ -42,6 +42,11 @@ struct Plane {
     /// Job id → (ack arrived, result arrived), from the server's clock.
     acked: BTreeMap<String, Instant>,
     results: BTreeMap<String, Vec<(Instant, JobResult)>>,
+    /// When set, each ack first reads the agent's journal Secret and notes the jobs
+    /// acknowledged without being in it; no jobs are handed out until it is set.
+    journal: Option<Api<Secret>>,
+    check_journal: bool,
+    acked_unjournaled: Vec<String>,
 }
 
 type S = Arc<Mutex<Plane>>;
@@ -49,7 +54,11 @@ type S = Arc<Mutex<Plane>>;
 async fn poll(State(s): State<S>) -> (StatusCode, String) {
     let next = {
         let mut p = s.lock().unwrap();
-        let b = p.batches.pop_front();
+        let b = if p.check_journal && p.journal.is_none() {
+            None
+        } else {
+            p.batches.pop_front()
+        };
         if b.is_some() {
             p.handed.push(Instant::now());
         }
@@ -65,6 +74,20 @@ async fn poll(State(s): State<S>) -> (StatusCode, String) {
 }
 
 async fn ack(State(s): State<S>, Path(id): Path<String>) -> StatusCode {
+    let journal = s.lock().unwrap().journal.clone();
+    if let Some(api) = journal {
+        let held = api
+            .get_opt(journal::SECRET_NAME)
+            .await
+            .unwrap()
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(journal::DATA_KEY).cloned())
+            .map(|b| serde_json::from_slice::<serde_json::Value>(&b.0).unwrap())
+            .is_some_and(|j| j.get(&id).is_some());
+        if !held {
+            s.lock().unwrap().acked_unjournaled.push(id.clone());
+        }
+    }
     {
         let mut p = s.lock().unwrap();
         p.acked.insert(id, Instant::now());
@@ -303,4 +326,63 @@ async fn the_next_poll_does_not_wait_and_same_object_order_holds_across_polls() 
     let cms: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &tenant);
     let same = cms.get("same").await.unwrap();
     assert_eq!(same.data.unwrap()["v"], "2", "the later poll's write wins");
+}
+
+#[tokio::test]
+async fn each_job_is_journaled_before_its_ack_and_leaves_it_with_its_key_recorded() {
+    let tenant = format!("batch-journal-{}", std::process::id());
+    let batches: Vec<String> = (0..4)
+        .map(|b| {
+            let jobs: Vec<_> = (0..3)
+                .map(|i| apply_cm(&format!("j-{b}-{i}"), &tenant, &format!("cm-{b}-{i}"), "1"))
+                .collect();
+            json!({ "jobs": jobs }).to_string()
+        })
+        .collect();
+    let ids: Vec<String> = (0..4)
+        .flat_map(|b| (0..3).map(move |i| format!("j-{b}-{i}")))
+        .collect();
+    let (s, url) = server_of(batches).await;
+    s.lock().unwrap().check_journal = true;
+    let agent = start_agent("batch-journal", &url).await;
+    let secrets: Api<Secret> = Api::namespaced(agent.client.clone(), &agent.ns);
+    s.lock().unwrap().journal = Some(secrets.clone());
+    eventually("every job answered", WAIT, || all_answered(&s, &ids)).await;
+    {
+        let p = s.lock().unwrap();
+        assert_eq!(p.handed.len(), 4);
+        assert!(
+            p.acked_unjournaled.is_empty(),
+            "acknowledged before being journaled: {:?}",
+            p.acked_unjournaled
+        );
+        for id in &ids {
+            assert_eq!(p.results[id].len(), 1, "{id}");
+            assert_eq!(p.results[id][0].1.outcome, "succeeded", "{id}");
+        }
+    }
+    // A job leaves the journal only once its key is recorded too: once drained, every
+    // key is in the idempotency ConfigMap.
+    eventually("journal drained", WAIT, || async {
+        let s = secrets.get_opt(journal::SECRET_NAME).await.unwrap();
+        s.and_then(|s| s.data)
+            .and_then(|d| d.get(journal::DATA_KEY).cloned())
+            .is_none_or(|b| b.0 == b"{}")
+            .then_some(())
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &agent.ns);
+    let keys = cms
+        .get("vworkspace-applied-jobs")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["applied-keys.json"]
+        .clone();
+    for id in &ids {
+        assert!(
+            keys.contains(&format!("\"k-{id}\"")),
+            "{id} not recorded: {keys}"
+        );
+    }
 }

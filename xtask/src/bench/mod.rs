@@ -284,7 +284,12 @@ pub fn run(args: &Args) -> Result<()> {
             let _ = child.wait();
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // `VWORKSPACE_BENCH_KEEP=1` keeps the work directory (the operator's log) for study.
+    if std::env::var_os("VWORKSPACE_BENCH_KEEP").is_some() {
+        println!("work directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let report = outcome?;
     println!("\n{report}");
     if args.write {

@@ -119,6 +119,31 @@ pub fn encode(entries: &Entries, limits: &Limits, now: Timestamp) -> BTreeMap<St
     ])
 }
 
+/// Counts a key as being recorded until dropped (two jobs may share a key).
+struct Recording<'a>(&'a std::sync::Mutex<HashMap<String, usize>>, &'a str);
+
+impl<'a> Recording<'a> {
+    fn new(set: &'a std::sync::Mutex<HashMap<String, usize>>, key: &'a str) -> Self {
+        if let Ok(mut s) = set.lock() {
+            *s.entry(key.to_string()).or_default() += 1;
+        }
+        Recording(set, key)
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock()
+            && let Some(n) = s.get_mut(self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(self.1);
+            }
+        }
+    }
+}
+
 /// The persistent set, cached in memory after the first read.
 pub struct IdempotencyStore {
     api: Api<ConfigMap>,
@@ -132,7 +157,20 @@ pub struct IdempotencyStore {
     /// Keys waiting for the next write: keys recorded while another write is in
     /// progress go out together in one update.
     queued: std::sync::Mutex<HashMap<String, Timestamp>>,
+    /// Keys whose `record` has not returned yet (queued or being written): a job's
+    /// result may be posted while its key is still being written, and a replay then
+    /// counts as recorded.
+    recording: std::sync::Mutex<HashMap<String, usize>>,
+    /// When the last write ended: writes are spaced by [`MIN_GAP`].
+    last_write: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Least time between two writes of the ConfigMap. Each write carries the whole set
+/// (up to 512 KiB); at 20 jobs/s writing one key at a time kept the API server busy with
+/// back-to-back writes of the growing object, slowing every other request of the jobs.
+/// Keys are recorded beside their job's result post, so the gap delays only the job's
+/// removal from the in-flight journal, not its answer.
+pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl IdempotencyStore {
     pub fn new(client: kube::Client, namespace: &str, limits: Limits) -> Self {
@@ -142,10 +180,15 @@ impl IdempotencyStore {
             known: std::sync::Mutex::new(None),
             writer: Mutex::new(None),
             queued: std::sync::Mutex::new(HashMap::new()),
+            recording: std::sync::Mutex::new(HashMap::new()),
+            last_write: std::sync::Mutex::new(None),
         }
     }
 
     fn lookup(&self, key: &str) -> Option<bool> {
+        if self.recording.lock().is_ok_and(|r| r.contains_key(key)) {
+            return Some(true);
+        }
         let known = self.known.lock().ok()?;
         known.as_ref().map(|k| k.contains_key(key))
     }
@@ -184,16 +227,29 @@ impl IdempotencyStore {
         if key.is_empty() {
             return Ok(());
         }
+        let _recording = Recording::new(&self.recording, key);
         self.queue([(key.to_string(), Timestamp::now())]);
         let mut writer = self.writer.lock().await;
+        let written = |q: &HashMap<String, Timestamp>| !q.contains_key(key);
+        // Not queued any more: an earlier holder of the lock wrote it (a failed write
+        // puts its keys back before it lets go of the lock).
+        if self.queued.lock().is_ok_and(|q| written(&q)) {
+            return Ok(());
+        }
+        let last = self.last_write.lock().ok().and_then(|l| *l);
+        if let Some(last) = last {
+            // Keys queued meanwhile go out with this write.
+            tokio::time::sleep_until(last + MIN_GAP).await;
+        }
         let batch: Entries = match self.queued.lock() {
-            // Not queued any more: an earlier holder of the lock wrote it (a failed write
-            // puts its keys back before it lets go of the lock).
-            Ok(q) if !q.contains_key(key) => return Ok(()),
+            Ok(q) if written(&q) => return Ok(()),
             Ok(mut q) => q.drain().collect(),
             Err(_) => Entries::from([(key.to_string(), Timestamp::now())]),
         };
         let result = self.write(&mut writer, &batch).await;
+        if let Ok(mut l) = self.last_write.lock() {
+            *l = Some(tokio::time::Instant::now());
+        }
         if result.is_err() {
             self.queue(batch.into_iter().filter(|(k, _)| k != key));
         }

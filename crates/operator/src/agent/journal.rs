@@ -12,7 +12,8 @@
 //! Stored in the Secret `vworkspace-agent-inflight` in the operator namespace (payloads
 //! may be sensitive), data key `jobs.json` = JSON object job id → job. At most a handful
 //! of jobs wait at once, so the object stays small. A poll's jobs are added in one update;
-//! removals that queue up while a write is in progress are written together.
+//! additions and removals that queue up while a write is in progress are written together
+//! by the next one.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -40,9 +41,32 @@ pub struct Journal {
     /// Held across each write; holds the Secret as last written (`Some(None)`: known
     /// absent), so a write needs no read first. A conflict drops it and re-reads.
     written: Mutex<Option<Option<Secret>>>,
-    /// Ids whose removal is waiting for the next write: removals that arrive while
-    /// another write is in progress go out together in one update.
-    leaving: std::sync::Mutex<HashSet<String>>,
+    /// Changes waiting for the next write: those that arrive while another write is in
+    /// progress go out together in one update.
+    queue: std::sync::Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    arriving: BTreeMap<String, Job>,
+    leaving: HashSet<String>,
+}
+
+impl Queue {
+    fn take(&mut self) -> Queue {
+        std::mem::take(self)
+    }
+
+    /// Puts back what a failed write took, except `own` (its caller reports the failure).
+    fn put_back(&mut self, taken: Queue, own: &(dyn Fn(&str) -> bool + Sync)) {
+        for (id, job) in taken.arriving {
+            if !own(&id) {
+                self.arriving.entry(id).or_insert(job);
+            }
+        }
+        self.leaving
+            .extend(taken.leaving.into_iter().filter(|id| !own(id)));
+    }
 }
 
 fn decode(secret: Option<&Secret>) -> Result<BTreeMap<String, Job>, JournalError> {
@@ -60,7 +84,7 @@ impl Journal {
         Journal {
             api: Api::namespaced(client, namespace),
             written: Mutex::new(None),
-            leaving: std::sync::Mutex::new(HashSet::new()),
+            queue: std::sync::Mutex::new(Queue::default()),
         }
     }
 
@@ -74,61 +98,76 @@ impl Journal {
     }
 
     /// Journals a whole poll's jobs in one update: once this returns `Ok`, every one of
-    /// them survives a restart. Removals queued meanwhile go out in the same update.
+    /// them survives a restart. Changes queued meanwhile go out in the same update, and a
+    /// write in progress when this is called carries these jobs too if they were queued
+    /// before it started.
     pub async fn add_all(&self, jobs: &[Job]) -> Result<(), JournalError> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut written = self.written.lock().await;
-        let leaving: Vec<String> = match self.leaving.lock() {
-            Ok(mut l) => l.drain().collect(),
-            Err(_) => Vec::new(),
-        };
-        let result = self
-            .update(&mut written, |map| {
-                for id in &leaving {
-                    map.remove(id);
-                }
-                for job in jobs {
-                    map.insert(job.id.clone(), job.clone());
-                }
-            })
-            .await;
-        if result.is_err() {
-            self.queue_leaving(leaving);
-        }
-        result
+        let ids: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        self.with_queue(|q| {
+            for job in jobs {
+                q.leaving.remove(&job.id);
+                q.arriving.insert(job.id.clone(), job.clone());
+            }
+        });
+        self.flush(&|id| ids.contains(id), |q| {
+            jobs.iter().any(|j| q.arriving.contains_key(&j.id))
+        })
+        .await
     }
 
-    /// Removes `id`, together with every removal queued while the previous write ran.
+    /// Removes `id`, together with every change queued while the previous write ran.
     pub async fn remove(&self, id: &str) -> Result<(), JournalError> {
-        self.queue_leaving([id.to_string()]);
-        let mut written = self.written.lock().await;
-        let ids: Vec<String> = match self.leaving.lock() {
-            // Not queued any more: an earlier holder of the lock wrote it out (a failed
-            // write puts its ids back before it lets go of the lock).
-            Ok(l) if !l.contains(id) => return Ok(()),
-            Ok(mut l) => l.drain().collect(),
-            Err(_) => vec![id.to_string()],
+        self.with_queue(|q| {
+            q.arriving.remove(id);
+            q.leaving.insert(id.to_string());
+        });
+        self.flush(&|i| i == id, |q| q.leaving.contains(id)).await
+    }
+
+    fn with_queue(&self, f: impl FnOnce(&mut Queue)) {
+        let mut q = match self.queue.lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
         };
+        f(&mut q);
+    }
+
+    /// Writes what is queued, unless an earlier holder of the write lock already wrote
+    /// the caller's change (`pending` tells whether it is still queued). A failed write
+    /// puts back the changes of the other callers before it lets go of the lock, so the
+    /// next holder retries them.
+    async fn flush(
+        &self,
+        own: &(dyn Fn(&str) -> bool + Sync),
+        pending: impl Fn(&Queue) -> bool,
+    ) -> Result<(), JournalError> {
+        let mut written = self.written.lock().await;
+        let mut taken = Queue::default();
+        self.with_queue(|q| {
+            if pending(q) {
+                taken = q.take();
+            }
+        });
+        if taken.arriving.is_empty() && taken.leaving.is_empty() {
+            return Ok(());
+        }
         let result = self
             .update(&mut written, |map| {
-                for id in &ids {
+                for id in &taken.leaving {
                     map.remove(id);
+                }
+                for (id, job) in &taken.arriving {
+                    map.insert(id.clone(), job.clone());
                 }
             })
             .await;
         if result.is_err() {
-            // Others may be waiting on these ids: the next holder retries them.
-            self.queue_leaving(ids.into_iter().filter(|i| i != id));
+            self.with_queue(|q| q.put_back(taken, own));
         }
         result
-    }
-
-    fn queue_leaving(&self, ids: impl IntoIterator<Item = String>) {
-        if let Ok(mut l) = self.leaving.lock() {
-            l.extend(ids);
-        }
     }
 
     /// Read-modify-write guarded by resourceVersion; the read is skipped when this

@@ -16,6 +16,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use jiff::Timestamp;
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::{Semaphore, watch};
@@ -265,11 +267,13 @@ impl Poller {
         self.take_on(jobs, true, cancel).await;
     }
 
-    /// Takes on one poll's jobs (in server order): marks them in flight, journals them
-    /// all in one update before any is acknowledged, then starts each in its own task
-    /// without waiting for them: a job's turn (see `lanes`) opens once the job before it
-    /// on the same object is through, and at most [`CONCURRENT_JOBS`] run their pipeline
-    /// at once. `journaled`: resumed from the journal.
+    /// Takes on one poll's jobs (in server order): marks them in flight, starts writing
+    /// them all to the journal in one update, and starts each in its own task without
+    /// waiting for them (nor for the journal: the poller polls again meanwhile). A job
+    /// is acknowledged only once its poll's journal update is through; its turn (see
+    /// `lanes`) opens once the job before it on the same object is through, and at most
+    /// [`CONCURRENT_JOBS`] run their pipeline at once. `journaled`: resumed from the
+    /// journal.
     async fn take_on(&self, jobs: Vec<Job>, journaled: bool, cancel: &CancellationToken) {
         let mut taken = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -287,28 +291,46 @@ impl Poller {
         if taken.is_empty() {
             return;
         }
-        if !journaled {
+        // Resolves to whether the poll's jobs are journaled; spawned, so the write runs
+        // whether or not a job is waiting for it yet.
+        let journal: Shared<BoxFuture<'static, bool>> = if journaled {
+            futures::future::ready(true).boxed().shared()
+        } else {
             let jobs: Vec<Job> = taken.iter().map(|t| t.job.clone()).collect();
-            match self.agent.inner.journal.add_all(&jobs).await {
-                Ok(()) => taken.iter_mut().for_each(|t| {
-                    stage(&t.job, "journaled");
-                    t.journaled = true
-                }),
-                // Each job is then journaled on its own before its ack (with retries):
-                // a large poll may not fit the Secret while its jobs one by one do.
-                Err(e) => {
-                    tracing::warn!(jobs = jobs.len(), error = %e, "cannot journal the poll's jobs together; journaling them one by one")
+            let a = self.agent.clone();
+            let write = tokio::spawn(async move {
+                match a.inner.journal.add_all(&jobs).await {
+                    Ok(()) => true,
+                    // Each job is then journaled on its own before its ack (with
+                    // retries): a large poll may not fit the Secret while its jobs one by
+                    // one do.
+                    Err(e) => {
+                        tracing::warn!(jobs = jobs.len(), error = %e, "cannot journal the poll's jobs together; journaling them one by one");
+                        false
+                    }
                 }
-            }
-        }
-        for t in taken {
+            });
+            write.map(|r| r.unwrap_or(false)).boxed().shared()
+        };
+        for mut t in taken {
             // Turns are handed out here, in server order, before any task runs.
             let mut turn = self.order.turn(lanes::object_key(&t.job, REFUSED_KIND));
             self.pending.send_modify(|n| *n += 1);
             let pending = Pending(self.pending.clone());
-            let (p, cancel) = (self.clone(), cancel.clone());
+            let (p, cancel, journal) = (self.clone(), cancel.clone(), journal.clone());
             tokio::spawn(async move {
                 let _pending = pending;
+                if !t.journaled {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        j = journal => {
+                            if j {
+                                stage(&t.job, "journaled");
+                            }
+                            t.journaled = j;
+                        }
+                    }
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = turn.ready() => {}
@@ -367,14 +389,22 @@ impl Poller {
     /// The pipeline after journaling.
     async fn pipeline(&self, job: Job, cancel: &CancellationToken, done: InFlight) -> Step {
         let a = &self.agent;
-        match ack(a, &job.id, cancel).await {
-            Acked::Yes => {}
+        let closed = match ack(a, &job.id, cancel).await {
+            Acked::Yes => false,
+            // A resumed job the control plane already holds a result for (a crash fell
+            // between that result and the job's removal from the journal): finished as
+            // usual, so a `succeeded` job's key is recorded, but no second result is
+            // posted (it would be refused with `409`).
+            Acked::Closed => {
+                tracing::info!(job_id = %job.id, "job already closed on the control plane; finishing it without posting a result");
+                true
+            }
             Acked::Gone => {
                 tracing::info!(job_id = %job.id, "job unknown or closed on the control plane; dropped");
                 return Step::Settled;
             }
             Acked::Cancelled => return Step::Unsettled,
-        }
+        };
         stage(&job, "acked");
         if job.kind == REFUSED_KIND {
             let problem = job.payload["problem"]
@@ -382,26 +412,47 @@ impl Poller {
                 .unwrap_or_default()
                 .to_string();
             return Step::from_delivery(
-                post_result(a, &job, result(OUTCOME_FAILED, problem, None), cancel).await,
+                post_result(
+                    a,
+                    &job,
+                    closed,
+                    result(OUTCOME_FAILED, problem, None),
+                    cancel,
+                )
+                .await,
             );
         }
         if job.expires_at.is_some_and(|t| t <= Timestamp::now()) {
             tracing::info!(job_id = %job.id, kind = %job.kind, "job expired; not applied");
             return Step::from_delivery(
-                post_result(a, &job, result(OUTCOME_NOOP, "expired", None), cancel).await,
+                post_result(
+                    a,
+                    &job,
+                    closed,
+                    result(OUTCOME_NOOP, "expired", None),
+                    cancel,
+                )
+                .await,
             );
         }
         match a.inner.idempotency.contains(&job.idempotency_key).await {
             Ok(true) => {
                 tracing::info!(job_id = %job.id, idempotency_key = %job.idempotency_key, "idempotent replay; noop");
                 return Step::from_delivery(
-                    post_result(a, &job, result(OUTCOME_NOOP, "", None), cancel).await,
+                    post_result(a, &job, closed, result(OUTCOME_NOOP, "", None), cancel).await,
                 );
             }
             Ok(false) => {}
             Err(e) => {
                 return Step::from_delivery(
-                    post_result(a, &job, result(OUTCOME_FAILED, e.to_string(), None), cancel).await,
+                    post_result(
+                        a,
+                        &job,
+                        closed,
+                        result(OUTCOME_FAILED, e.to_string(), None),
+                        cancel,
+                    )
+                    .await,
                 );
             }
         }
@@ -413,6 +464,7 @@ impl Poller {
             return Step::from_delivery(post_result(
                 a,
                 &job,
+                closed,
                 result(
                     OUTCOME_FAILED,
                     "JobPayloadDecryptionFailed: encrypted payloads are not supported by this agent",
@@ -429,7 +481,7 @@ impl Poller {
         ) {
             tracing::warn!(job_id = %job.id, kind = %job.kind, reason = %why, "job refused: signature");
             return Step::from_delivery(
-                post_result(a, &job, result(OUTCOME_FAILED, why, None), cancel).await,
+                post_result(a, &job, closed, result(OUTCOME_FAILED, why, None), cancel).await,
             );
         }
         let cluster_id = a
@@ -456,25 +508,39 @@ impl Poller {
             Err(e) => {
                 tracing::warn!(job_id = %job.id, kind = %job.kind, idempotency_key = %job.idempotency_key, error = %e, "job failed");
                 return Step::from_delivery(
-                    post_result(a, &job, result(e.outcome(), e.to_string(), None), cancel).await,
+                    post_result(
+                        a,
+                        &job,
+                        closed,
+                        result(e.outcome(), e.to_string(), None),
+                        cancel,
+                    )
+                    .await,
                 );
             }
         };
         if applied.readiness == Readiness::None {
-            let delivered =
-                finish(a, &job, &applied, Verdict::Succeeded(String::new()), cancel).await;
+            let delivered = finish(
+                a,
+                &job,
+                closed,
+                &applied,
+                Verdict::Succeeded(String::new()),
+                cancel,
+            )
+            .await;
             drop(done);
             return Step::from_delivery(delivered);
         }
         // Wait for readiness off the loop; the in-flight mark moves with it.
         let (a2, cancel2) = (a.clone(), cancel.clone());
         tokio::spawn(async move {
-            let verdict = wait_ready(&a2, &job, &applied, &cancel2).await;
+            let verdict = wait_ready(&a2, &job, closed, &applied, &cancel2).await;
             stage(&job, "ready");
             // No verdict means shutdown or lost leadership: the job stays journaled and
             // the next leader resumes it.
             if let Some(v) = verdict
-                && finish(&a2, &job, &applied, v, &cancel2).await
+                && finish(&a2, &job, closed, &applied, v, &cancel2).await
             {
                 forget(&a2, &job.id).await;
             }
@@ -530,6 +596,8 @@ fn refused(id: &str, problem: &str) -> Job {
 
 enum Acked {
     Yes,
+    /// `409`: the control plane already holds a result for the job.
+    Closed,
     /// `404`: unknown or closed on the control plane.
     Gone,
     /// Shutdown or lost leadership before an ack went through.
@@ -543,7 +611,8 @@ async fn ack(a: &Agent, id: &str, cancel: &CancellationToken) -> Acked {
     let mut backoff = Backoff::new(a.config().backoff);
     loop {
         let e = match a.client().ack(id).await {
-            Ok(_) => return Acked::Yes,
+            Ok(Delivery::Accepted) => return Acked::Yes,
+            Ok(Delivery::AlreadyClosed) => return Acked::Closed,
             Err(ClientError::JobGone) => return Acked::Gone,
             Err(e) => e,
         };
@@ -597,20 +666,26 @@ impl Drop for InFlight {
 async fn finish(
     a: &Agent,
     job: &Job,
+    closed: bool,
     applied: &Applied,
     verdict: Verdict,
     cancel: &CancellationToken,
 ) -> bool {
     let r = wire_ref(applied);
     let res = match verdict {
-        Verdict::Succeeded(_) => match a.inner.idempotency.record(&job.idempotency_key).await {
-            Ok(()) => result(OUTCOME_SUCCEEDED, "", Some(r)),
-            Err(e) => result(
-                OUTCOME_FAILED,
-                format!("applied, but recording the idempotency key failed: {e}"),
-                Some(r),
-            ),
-        },
+        Verdict::Succeeded(_) => {
+            // The key is recorded beside the result post, not before it: the job stays
+            // journaled until both are through, so a crash before the key is written
+            // makes the next run resume the job (second ack `409`, second apply a
+            // no-op, key recorded, second result `409`). Replays meanwhile see the key
+            // as being recorded (`IdempotencyStore::contains`).
+            let res = result(OUTCOME_SUCCEEDED, "", Some(r));
+            let (recorded, delivered) = tokio::join!(
+                record(a, job, cancel),
+                post_result(a, job, closed, res, cancel)
+            );
+            return recorded && delivered;
+        }
         Verdict::Failed(why) => result(OUTCOME_FAILED, why, Some(r)),
         Verdict::Pending { message, .. } => result(
             OUTCOME_FAILED,
@@ -621,8 +696,37 @@ async fn finish(
             Some(r),
         ),
     };
-    stage(job, "recorded");
-    post_result(a, job, res, cancel).await
+    post_result(a, job, closed, res, cancel).await
+}
+
+/// How often recording a succeeded job's idempotency key is tried in this run.
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// Records a succeeded job's idempotency key, with retries. `false` (shutdown, or the
+/// store keeps failing): the job stays journaled, and the next run resumes it and
+/// records the key then.
+async fn record(a: &Agent, job: &Job, cancel: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(a.config().backoff);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let e = match a.inner.idempotency.record(&job.idempotency_key).await {
+            Ok(()) => {
+                stage(job, "recorded");
+                return true;
+            }
+            Err(e) => e,
+        };
+        if attempt >= RECORD_ATTEMPTS {
+            tracing::warn!(job_id = %job.id, idempotency_key = %job.idempotency_key, error = %e, "cannot record the idempotency key; the job stays journaled and the next run finishes it");
+            return false;
+        }
+        tracing::debug!(job_id = %job.id, error = %e, "cannot record the idempotency key; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
 }
 
 /// Watches the applied object until it succeeds, fails or the timeout passes, posting an
@@ -630,6 +734,7 @@ async fn finish(
 async fn wait_ready(
     a: &Agent,
     job: &Job,
+    closed: bool,
     applied: &Applied,
     cancel: &CancellationToken,
 ) -> Option<Verdict> {
@@ -661,6 +766,7 @@ async fn wait_ready(
         stage(job, "observed");
         if let Verdict::Pending { phase, message } = &verdict
             && last.as_ref() != Some(&verdict)
+            && !closed
         {
             let update = StatusUpdate {
                 phase: phase.clone(),
@@ -716,13 +822,19 @@ async fn status_posted(
 /// (`404`). A `400` falls back once to `failed` with a short error.
 /// `true` once the control plane holds a result for the job (accepted, `409`, or the job
 /// is gone); `false` when delivery was abandoned (shutdown, rejected credentials) and
-/// the job must stay journaled.
+/// the job must stay journaled. `closed`: its ack said the control plane already holds a
+/// result, so none is posted.
 pub async fn post_result(
     a: &Agent,
     job: &Job,
+    closed: bool,
     mut res: JobResult,
     cancel: &CancellationToken,
 ) -> bool {
+    if closed {
+        tracing::info!(job_id = %job.id, kind = %job.kind, outcome = %res.outcome, "job result not posted: the control plane already holds one");
+        return true;
+    }
     let mut backoff = Backoff::new(a.config().backoff);
     let mut fell_back = false;
     loop {
