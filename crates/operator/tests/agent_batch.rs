@@ -201,6 +201,18 @@ async fn all_answered(s: &S, ids: &[String]) -> Option<()> {
         .then_some(())
 }
 
+/// Waits until the in-flight journal holds no job.
+async fn journal_drained(secrets: &Api<Secret>) {
+    eventually("journal drained", WAIT, || async {
+        let s = secrets.get_opt(journal::SECRET_NAME).await.unwrap();
+        s.and_then(|s| s.data)
+            .and_then(|d| d.get(journal::DATA_KEY).cloned())
+            .is_none_or(|b| b.0 == b"{}")
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn jobs_on_different_objects_overlap() {
     let tenant = format!("batch-overlap-{}", std::process::id());
@@ -235,14 +247,7 @@ async fn jobs_on_different_objects_overlap() {
     }
     // Answered jobs leave the journal (removals written together).
     let secrets: Api<Secret> = Api::namespaced(agent.client.clone(), &agent.ns);
-    eventually("journal drained", WAIT, || async {
-        let s = secrets.get_opt(journal::SECRET_NAME).await.unwrap();
-        s.and_then(|s| s.data)
-            .and_then(|d| d.get(journal::DATA_KEY).cloned())
-            .is_none_or(|b| b.0 == b"{}")
-            .then_some(())
-    })
-    .await;
+    journal_drained(&secrets).await;
 }
 
 #[tokio::test]
@@ -363,14 +368,7 @@ async fn each_job_is_journaled_before_its_ack_and_leaves_it_with_its_key_recorde
     }
     // A job leaves the journal only once its key is recorded too: once drained, every
     // key is in the idempotency ConfigMap.
-    eventually("journal drained", WAIT, || async {
-        let s = secrets.get_opt(journal::SECRET_NAME).await.unwrap();
-        s.and_then(|s| s.data)
-            .and_then(|d| d.get(journal::DATA_KEY).cloned())
-            .is_none_or(|b| b.0 == b"{}")
-            .then_some(())
-    })
-    .await;
+    journal_drained(&secrets).await;
     let cms: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &agent.ns);
     let keys = cms
         .get("vworkspace-applied-jobs")
