@@ -26,15 +26,26 @@ use super::stored::{Kind, Source, Stored, StoredRelease, StoredSource, hash_of};
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Key(Kind, Box<str>);
 
+/// Where a child's watch events stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Watch {
+    /// Neither a pass nor a trigger saw it (or a failed apply forgot what was seen).
+    #[default]
+    Unseen,
+    /// Reaction hash of the child as the last pass (or trigger) saw it.
+    Seen(u64),
+    /// A pass is applying this child: events are held instead of triggering, the last
+    /// one's reaction in `Held`. What was seen before no longer matters: the apply's
+    /// answer replaces it.
+    Applying,
+    Held(u64),
+}
+
 #[derive(Debug, Default)]
 struct Memo {
     /// Hash of the desired object last applied, and the generation the apply returned.
     applied: Option<(u64, Option<i64>)>,
-    /// Reaction hash of the child as the last pass (or trigger) saw it.
-    seen: Option<u64>,
-    /// A pass is applying this child; events are held here instead of triggering.
-    in_flight: bool,
-    held: Option<u64>,
+    watch: Watch,
     /// A pass deleted this child and saw it go at once: its deletion event is that
     /// pass's own echo.
     deleted_at_once: bool,
@@ -100,15 +111,17 @@ impl Cache {
         let k = key_of_stored(obj);
         self.with(|memo| {
             let m = memo.entry(k).or_default();
-            if m.in_flight {
-                m.held = Some(reaction);
-                return false;
+            match m.watch {
+                Watch::Applying | Watch::Held(_) => {
+                    m.watch = Watch::Held(reaction);
+                    false
+                }
+                Watch::Seen(seen) if seen == reaction => false,
+                Watch::Seen(_) | Watch::Unseen => {
+                    m.watch = Watch::Seen(reaction);
+                    true
+                }
             }
-            if m.seen == Some(reaction) {
-                return false;
-            }
-            m.seen = Some(reaction);
-            true
         })
     }
 
@@ -171,8 +184,7 @@ impl Cache {
         let k = key::<S>(namespace, name);
         self.with(|memo| {
             let m = memo.entry(k.clone()).or_default();
-            m.in_flight = true;
-            m.held = None;
+            m.watch = Watch::Applying;
             m.deleted_at_once = false;
         });
         Applying {
@@ -249,10 +261,13 @@ impl Applying {
         let reaction = live.reaction();
         self.cache.with(|memo| {
             let m = memo.entry(k).or_default();
-            m.in_flight = false;
+            let held = match m.watch {
+                Watch::Held(h) => Some(h),
+                _ => None,
+            };
             m.applied = Some((desired, live.head().generation));
-            m.seen = Some(reaction);
-            m.held.take().is_some_and(|h| h != reaction)
+            m.watch = Watch::Seen(reaction);
+            held.is_some_and(|h| h != reaction)
         })
     }
 }
@@ -262,10 +277,8 @@ impl Drop for Applying {
         if let Some(k) = self.key.take() {
             self.cache.with(|memo| {
                 if let Some(m) = memo.get_mut(&k) {
-                    m.in_flight = false;
                     m.applied = None;
-                    m.held = None;
-                    m.seen = None;
+                    m.watch = Watch::Unseen;
                 }
             });
         }
