@@ -86,29 +86,24 @@ fn child_triggers<K: stored::Slim>(
     watcher(api, watcher::Config::default())
         .default_backoff()
         .filter_map(move |event| {
+            use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
             let out = match event {
-                Ok(watcher::Event::Apply(o)) => {
-                    let slim = o.slim();
-                    writer.apply_watcher_event(&watcher::Event::Apply(slim.clone()));
-                    cache.triggers(&slim).then_some(Ok(o))
-                }
-                Ok(watcher::Event::InitApply(o)) => {
-                    let slim = o.slim();
-                    writer.apply_watcher_event(&watcher::Event::InitApply(slim.clone()));
-                    cache.triggers(&slim).then_some(Ok(o))
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    let slim = o.slim();
-                    writer.apply_watcher_event(&watcher::Event::Delete(slim.clone()));
-                    cache.forget(&slim).then_some(Ok(o))
-                }
-                Ok(watcher::Event::Init) => {
-                    writer.apply_watcher_event(&watcher::Event::Init);
-                    None
-                }
-                Ok(watcher::Event::InitDone) => {
-                    writer.apply_watcher_event(&watcher::Event::InitDone);
-                    None
+                Ok(event) => {
+                    let slim = match &event {
+                        Apply(o) => Apply(o.slim()),
+                        InitApply(o) => InitApply(o.slim()),
+                        Delete(o) => Delete(o.slim()),
+                        Init => Init,
+                        InitDone => InitDone,
+                    };
+                    writer.apply_watcher_event(&slim);
+                    match (event, slim) {
+                        (Apply(o) | InitApply(o), Apply(s) | InitApply(s)) => {
+                            cache.triggers(&s).then_some(Ok(o))
+                        }
+                        (Delete(o), Delete(s)) => cache.forget(&s).then_some(Ok(o)),
+                        _ => None,
+                    }
                 }
                 Err(e) => Some(Err(e)),
             };
