@@ -15,7 +15,8 @@ use vworkspace_decide::flux::{ChartSource, FluxChildren};
 use vworkspace_decide::instance::{self as decide, Child, Decision, Observed, Plan};
 use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
-use super::cache::{Cache, Reacts, desired_hash};
+use super::cache::{Cache, desired_hash};
+use super::stored::{Slim, StoredRelease, StoredSource};
 use crate::controller::Context;
 use crate::controller::kit::{AtStage, Error, HasKit, Stage};
 
@@ -35,7 +36,7 @@ pub(super) async fn act(
         Decision::AddFinalizer => kit.add_finalizer(inst, finalizer).await?,
         Decision::Apply(children) => {
             let (live, missed) = apply(ctx, cache, inst, children).await.at(Stage::Apply)?;
-            let next = decide::after_apply(o, children, &live, now);
+            let next = decide::after_apply(o, children, &live.to_release(), now);
             let action = finish_pass(ctx, inst, next).await?;
             // A child changed while it was being applied: look again.
             return Ok(if missed {
@@ -109,7 +110,7 @@ async fn apply(
     cache: &Arc<Cache>,
     inst: &ApplicationInstance,
     children: &FluxChildren,
-) -> Result<(HelmRelease, bool), kube::Error> {
+) -> Result<(StoredRelease, bool), kube::Error> {
     let namespace = inst.namespace().unwrap_or_default();
     let client = &ctx.client;
     let source = async {
@@ -134,14 +135,14 @@ async fn apply(
                 .helm_repositories
                 .get(&ObjectRef::new(n).within(&namespace))
                 .is_some()
-                || cache.applied::<HelmRepository>(&namespace, n)
+                || cache.applied::<StoredSource<HelmRepository>>(&namespace, n)
         }
         Child::OCIRepository(n) => {
             cache
                 .oci_repositories
                 .get(&ObjectRef::new(n).within(&namespace))
                 .is_some()
-                || cache.applied::<OCIRepository>(&namespace, n)
+                || cache.applied::<StoredSource<OCIRepository>>(&namespace, n)
         }
         Child::HelmRelease(_) => false,
     };
@@ -165,32 +166,25 @@ async fn apply(
 }
 
 /// One child: the stored object when the last apply of `desired` still stands,
-/// otherwise the result of applying it.
-async fn ensure<K>(
+/// otherwise the slim form of what applying it returned.
+async fn ensure<K: Slim>(
     client: &kube::Client,
     cache: &Arc<Cache>,
-    store: &Store<K>,
+    store: &Store<K::Stored>,
     namespace: &str,
     desired: &K,
-) -> Result<(K, bool), kube::Error>
-where
-    K: Reacts
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
+) -> Result<(K::Stored, bool), kube::Error> {
     let name = desired.name_any();
     let hash = desired_hash(desired);
     if let Some(live) = cache.unchanged(store, namespace, &name, hash) {
         return Ok((live, false));
     }
-    let applying = cache.applying::<K>(namespace, &name);
+    let applying = cache.applying::<K::Stored>(namespace, &name);
     let pp = PatchParams::apply(keys::FIELD_MANAGER_OPERATOR).force();
     let live = Api::<K>::namespaced(client.clone(), namespace)
         .patch(&name, &pp, &Patch::Apply(desired))
-        .await?;
+        .await?
+        .slim();
     let missed = applying.done(hash, &live);
     Ok((live, missed))
 }

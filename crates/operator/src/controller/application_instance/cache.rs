@@ -1,50 +1,51 @@
-//! What the controller keeps between passes: stores of the Flux children and the
-//! Ingresses (filled by the watches it already runs), and a memo per child of what the
-//! last pass applied and saw.
+//! What the controller keeps between passes: stores of the Flux children (in the slim
+//! forms of [`stored`](super::stored)) and the Ingresses, filled by the watches it already
+//! runs, and a memo per child of what the last pass applied and saw.
 //!
 //! The memo serves two purposes:
 //! - a pass skips the server-side apply of a child whose desired object equals the one it
 //!   last applied while the stored child still has the generation that apply returned;
-//! - a watch event of a child triggers a pass only when the fields a pass reacts to
-//!   (generation, deletion, Flux's observed generation and conditions) differ from what
-//!   the last pass saw, so the echo of our own apply wakes nothing. Events arriving while a
-//!   pass is applying that child are held; if one differs from what the apply returned,
-//!   the pass asks for another.
+//! - a watch event of a child triggers a pass only when what a pass reacts to (the stored
+//!   form: generation, deletion, Flux's observed generation, conditions and latest
+//!   release) differs from what the last pass saw, so the echo of our own apply wakes
+//!   nothing. Events arriving while a pass is applying that child are held; if one
+//!   differs from what the apply returned, the pass asks for another.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
-use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use vworkspace_decide::instance::Child;
-use vworkspace_decide::kinds::flux::{
-    HelmRelease, HelmReleaseSpec, HelmRepository, HelmRepositorySpec, OCIRepository,
-    OCIRepositorySpec,
-};
+use vworkspace_decide::kinds::flux::{HelmRepository, OCIRepository};
 
-/// Which child a memo entry is about.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub(super) enum Kind {
-    HelmRelease,
-    HelmRepository,
-    OCIRepository,
+use super::stored::{Kind, Source, Stored, StoredRelease, StoredSource, hash_of};
+
+/// A memo entry's child: its kind and `namespace/name` in one allocation (neither part
+/// can hold a `/`, so the pair is exact).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key(Kind, Box<str>);
+
+/// Where a child's watch events stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Watch {
+    /// Neither a pass nor a trigger saw it (or a failed apply forgot what was seen).
+    #[default]
+    Unseen,
+    /// Reaction hash of the child as the last pass (or trigger) saw it.
+    Seen(u64),
+    /// A pass is applying this child: events are held instead of triggering, the last
+    /// one's reaction in `Held`. What was seen before no longer matters: the apply's
+    /// answer replaces it.
+    Applying,
+    Held(u64),
 }
-
-type Key = (Kind, String, String);
 
 #[derive(Debug, Default)]
 struct Memo {
     /// Hash of the desired object last applied, and the generation the apply returned.
     applied: Option<(u64, Option<i64>)>,
-    /// Reaction hash of the child as the last pass (or trigger) saw it.
-    seen: Option<u64>,
-    /// A pass is applying this child; events are held here instead of triggering.
-    in_flight: bool,
-    held: Option<u64>,
+    watch: Watch,
     /// A pass deleted this child and saw it go at once: its deletion event is that
     /// pass's own echo.
     deleted_at_once: bool,
@@ -56,17 +57,11 @@ struct Memo {
 
 /// Stores and memo shared by the watches and the passes.
 pub(super) struct Cache {
-    pub releases: Store<HelmRelease>,
-    pub helm_repositories: Store<HelmRepository>,
-    pub oci_repositories: Store<OCIRepository>,
+    pub releases: Store<StoredRelease>,
+    pub helm_repositories: Store<StoredSource<HelmRepository>>,
+    pub oci_repositories: Store<StoredSource<OCIRepository>>,
     pub ingresses: Store<Ingress>,
     memo: Mutex<HashMap<Key, Memo>>,
-}
-
-fn hash_of(value: &impl Hash) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
 }
 
 /// Hash of a desired object as it would be sent (its JSON).
@@ -74,109 +69,23 @@ pub(super) fn desired_hash(obj: &impl serde::Serialize) -> u64 {
     hash_of(&serde_json::to_string(obj).unwrap_or_default())
 }
 
-/// The fields of a child a pass reacts to.
-pub(super) trait Reacts: Resource<DynamicType = ()> {
-    const KIND: Kind;
-    /// Drops what no pass reads before the object reaches the store.
-    fn slim(&mut self);
-    fn reaction(&self) -> u64 {
-        hash_of(&(
-            self.meta().generation,
-            self.meta().deletion_timestamp.is_some(),
-        ))
-    }
+fn key_of(kind: Kind, namespace: &str, name: &str) -> Key {
+    Key(kind, format!("{namespace}/{name}").into_boxed_str())
 }
 
-/// The metadata a pass or a trigger reads of a child: name, namespace, generation,
-/// deletion and the owner references (the watch finds the owner's pass through them).
-/// The uid and resourceVersion are read by neither, and the store's key would copy them
-/// once more.
-fn slim_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.finalizers = None;
-    meta.uid = None;
-    meta.resource_version = None;
+fn key<S: Stored>(namespace: &str, name: &str) -> Key {
+    key_of(S::KIND, namespace, name)
 }
 
-/// Of a chart source, a pass reads only that it exists, its generation and whether it is
-/// being deleted: its spec and Flux's status are not kept.
-impl Reacts for HelmRepository {
-    const KIND: Kind = Kind::HelmRepository;
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.spec = HelmRepositorySpec::default();
-        self.status = None;
-    }
-}
-
-impl Reacts for OCIRepository {
-    const KIND: Kind = Kind::OCIRepository;
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.spec = OCIRepositorySpec::default();
-        self.status = None;
-    }
-}
-
-impl Reacts for HelmRelease {
-    const KIND: Kind = Kind::HelmRelease;
-    /// A pass reads Flux's conditions, observed generation, `spec.suspend` and the latest
-    /// release (the chart version Flux released: an OCI upgrade moves nothing else); the
-    /// rest of the spec (the values may be large) and older releases are not kept.
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.spec = HelmReleaseSpec {
-            suspend: self.spec.suspend,
-            ..HelmReleaseSpec::default()
-        };
-        if let Some(status) = &mut self.status {
-            if let Some(history) = &mut status.history {
-                history.truncate(1);
-            }
-            status.last_attempted_revision = None;
-        }
-    }
-    /// The instance's conditions follow Flux's observed generation and conditions.
-    fn reaction(&self) -> u64 {
-        let status = self.status.as_ref();
-        let conditions: Vec<(&str, &str, &str, &str)> = status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                (
-                    c.type_.as_str(),
-                    c.status.as_str(),
-                    c.reason.as_str(),
-                    c.message.as_str(),
-                )
-            })
-            .collect();
-        let latest = status
-            .and_then(|s| s.history.as_ref())
-            .and_then(|h| h.first())
-            .map(|snap| (snap.chart_version.as_deref(), snap.status.as_deref()));
-        hash_of(&(
-            self.metadata.generation,
-            self.metadata.deletion_timestamp.is_some(),
-            status.and_then(|s| s.observed_generation),
-            conditions,
-            latest,
-        ))
-    }
-}
-
-fn key<K: Reacts>(namespace: &str, name: &str) -> Key {
-    (K::KIND, namespace.to_string(), name.to_string())
+fn key_of_stored<S: Stored>(obj: &S) -> Key {
+    key::<S>(&obj.head().namespace, &obj.head().name)
 }
 
 impl Cache {
     pub fn new(
-        releases: Store<HelmRelease>,
-        helm_repositories: Store<HelmRepository>,
-        oci_repositories: Store<OCIRepository>,
+        releases: Store<StoredRelease>,
+        helm_repositories: Store<StoredSource<HelmRepository>>,
+        oci_repositories: Store<StoredSource<OCIRepository>>,
         ingresses: Store<Ingress>,
     ) -> Arc<Self> {
         Arc::new(Cache {
@@ -197,27 +106,29 @@ impl Cache {
     }
 
     /// Whether a watch event of `obj` should trigger a pass (see the module comment).
-    pub fn triggers<K: Reacts>(&self, obj: &K) -> bool {
+    pub fn triggers<S: Stored>(&self, obj: &S) -> bool {
         let reaction = obj.reaction();
-        let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        let k = key_of_stored(obj);
         self.with(|memo| {
             let m = memo.entry(k).or_default();
-            if m.in_flight {
-                m.held = Some(reaction);
-                return false;
+            match m.watch {
+                Watch::Applying | Watch::Held(_) => {
+                    m.watch = Watch::Held(reaction);
+                    false
+                }
+                Watch::Seen(seen) if seen == reaction => false,
+                Watch::Seen(_) | Watch::Unseen => {
+                    m.watch = Watch::Seen(reaction);
+                    true
+                }
             }
-            if m.seen == Some(reaction) {
-                return false;
-            }
-            m.seen = Some(reaction);
-            true
         })
     }
 
     /// A deleted child: forget it; whether its deletion should trigger a pass — always,
     /// unless a pass deleted it and saw it go at once (that pass already acted on it).
-    pub fn forget<K: Reacts>(&self, obj: &K) -> bool {
-        let k = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    pub fn forget<S: Stored>(&self, obj: &S) -> bool {
+        let k = key_of_stored(obj);
         self.with(|memo| match memo.get_mut(&k) {
             // The pass deleting it acts on the outcome; see `Deleting::done`.
             Some(m) if m.deleting => {
@@ -245,36 +156,35 @@ impl Cache {
 
     /// The stored child when the last apply of exactly `desired` still stands: the same
     /// desired hash and the stored object still at the generation that apply returned.
-    pub fn unchanged<K: Reacts + Clone>(
+    pub fn unchanged<S: Stored>(
         &self,
-        store: &Store<K>,
+        store: &Store<S>,
         namespace: &str,
         name: &str,
         desired: u64,
-    ) -> Option<K> {
+    ) -> Option<S> {
         let applied =
-            self.with(|memo| memo.get(&key::<K>(namespace, name)).and_then(|m| m.applied))?;
+            self.with(|memo| memo.get(&key::<S>(namespace, name)).and_then(|m| m.applied))?;
         let live = store.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))?;
-        (applied == (desired, live.meta().generation) && live.meta().deletion_timestamp.is_none())
+        (applied == (desired, live.head().generation) && !live.head().deleting)
             .then(|| (*live).clone())
     }
 
     /// Whether a pass applied this child and no deletion of it has been seen since: the
     /// store may not show it yet (its watch event still on the way).
-    pub fn applied<K: Reacts>(&self, namespace: &str, name: &str) -> bool {
+    pub fn applied<S: Stored>(&self, namespace: &str, name: &str) -> bool {
         self.with(|memo| {
-            memo.get(&key::<K>(namespace, name))
+            memo.get(&key::<S>(namespace, name))
                 .is_some_and(|m| m.applied.is_some())
         })
     }
 
     /// Starts applying a child: its events are held until [`Applying::done`].
-    pub fn applying<K: Reacts>(self: &Arc<Self>, namespace: &str, name: &str) -> Applying {
-        let k = key::<K>(namespace, name);
+    pub fn applying<S: Stored>(self: &Arc<Self>, namespace: &str, name: &str) -> Applying {
+        let k = key::<S>(namespace, name);
         self.with(|memo| {
             let m = memo.entry(k.clone()).or_default();
-            m.in_flight = true;
-            m.held = None;
+            m.watch = Watch::Applying;
             m.deleted_at_once = false;
         });
         Applying {
@@ -286,9 +196,9 @@ impl Cache {
 
 fn child_key(namespace: &str, child: &Child) -> Key {
     match child {
-        Child::HelmRelease(n) => key::<HelmRelease>(namespace, n),
-        Child::HelmRepository(n) => key::<HelmRepository>(namespace, n),
-        Child::OCIRepository(n) => key::<OCIRepository>(namespace, n),
+        Child::HelmRelease(n) => key_of(Kind::HelmRelease, namespace, n),
+        Child::HelmRepository(n) => key_of(HelmRepository::KIND, namespace, n),
+        Child::OCIRepository(n) => key_of(OCIRepository::KIND, namespace, n),
     }
 }
 
@@ -344,17 +254,20 @@ pub(super) struct Applying {
 impl Applying {
     /// Records the apply of `desired` that returned `live`; true when an event held
     /// meanwhile showed a change the apply result does not include.
-    pub fn done<K: Reacts>(mut self, desired: u64, live: &K) -> bool {
+    pub fn done<S: Stored>(mut self, desired: u64, live: &S) -> bool {
         let Some(k) = self.key.take() else {
             return false;
         };
         let reaction = live.reaction();
         self.cache.with(|memo| {
             let m = memo.entry(k).or_default();
-            m.in_flight = false;
-            m.applied = Some((desired, live.meta().generation));
-            m.seen = Some(reaction);
-            m.held.take().is_some_and(|h| h != reaction)
+            let held = match m.watch {
+                Watch::Held(h) => Some(h),
+                _ => None,
+            };
+            m.applied = Some((desired, live.head().generation));
+            m.watch = Watch::Seen(reaction);
+            held.is_some_and(|h| h != reaction)
         })
     }
 }
@@ -364,10 +277,8 @@ impl Drop for Applying {
         if let Some(k) = self.key.take() {
             self.cache.with(|memo| {
                 if let Some(m) = memo.get_mut(&k) {
-                    m.in_flight = false;
                     m.applied = None;
-                    m.held = None;
-                    m.seen = None;
+                    m.watch = Watch::Unseen;
                 }
             });
         }
@@ -378,10 +289,13 @@ impl Drop for Applying {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::controller::application_instance::stored::Slim;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
+    use vworkspace_decide::kinds::flux::HelmRelease;
 
-    fn release(generation: i64, ready: Option<&str>) -> HelmRelease {
+    /// A HelmRelease as the watch stores it.
+    fn release(generation: i64, ready: Option<&str>) -> StoredRelease {
         let mut v = serde_json::json!({
             "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
             "metadata": {"name": "wiki", "namespace": "team", "generation": generation},
@@ -392,10 +306,10 @@ mod tests {
                 {"type": "Ready", "status": s, "reason": "R", "message": "",
                  "lastTransitionTime": "2026-12-01T00:00:00Z"}]});
         }
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value::<HelmRelease>(v).unwrap().slim()
     }
 
-    fn cache() -> (Arc<Cache>, store::Writer<HelmRelease>) {
+    fn cache() -> (Arc<Cache>, store::Writer<StoredRelease>) {
         let (releases, w) = store();
         let cache = Cache::new(releases, store().0, store().0, store().0);
         (cache, w)
@@ -404,7 +318,7 @@ mod tests {
     #[test]
     fn the_echo_of_our_own_apply_triggers_nothing_but_flux_status_does() {
         let (cache, _) = cache();
-        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        let applying = cache.applying::<StoredRelease>("team", "wiki");
         // The echo may arrive before the apply's answer: held, not a trigger.
         assert!(!cache.triggers(&release(1, None)));
         assert!(!applying.done(7, &release(1, None)));
@@ -418,7 +332,7 @@ mod tests {
     #[test]
     fn a_change_held_during_the_apply_asks_for_another_pass() {
         let (cache, _) = cache();
-        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        let applying = cache.applying::<StoredRelease>("team", "wiki");
         assert!(!cache.triggers(&release(1, Some("False"))));
         assert!(applying.done(7, &release(1, None)));
     }
@@ -426,7 +340,7 @@ mod tests {
     #[test]
     fn an_apply_is_skipped_only_while_it_still_stands() {
         let (cache, mut w) = cache();
-        let applying = cache.applying::<HelmRelease>("team", "wiki");
+        let applying = cache.applying::<StoredRelease>("team", "wiki");
         applying.done(7, &release(1, None));
         assert!(
             cache
@@ -458,14 +372,17 @@ mod tests {
     #[test]
     fn an_applied_child_counts_until_its_deletion_is_seen() {
         let (cache, _) = cache();
-        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+        assert!(!cache.applied::<StoredRelease>("team", "wiki"));
         cache
-            .applying::<HelmRelease>("team", "wiki")
+            .applying::<StoredRelease>("team", "wiki")
             .done(7, &release(1, None));
-        assert!(cache.applied::<HelmRelease>("team", "wiki"));
-        assert!(!cache.applied::<HelmRepository>("team", "wiki"), "per kind");
+        assert!(cache.applied::<StoredRelease>("team", "wiki"));
+        assert!(
+            !cache.applied::<StoredSource<HelmRepository>>("team", "wiki"),
+            "per kind"
+        );
         cache.forget(&release(1, None));
-        assert!(!cache.applied::<HelmRelease>("team", "wiki"));
+        assert!(!cache.applied::<StoredRelease>("team", "wiki"));
     }
 
     #[test]
@@ -473,7 +390,7 @@ mod tests {
         let (cache, _) = cache();
         // Deleted by someone else (or by Flux after its uninstall): a pass must look.
         cache
-            .applying::<HelmRelease>("team", "wiki")
+            .applying::<StoredRelease>("team", "wiki")
             .done(7, &release(1, None));
         assert!(cache.forget(&release(1, None)));
         assert!(cache.forget(&release(1, None)), "unknown child");
@@ -482,13 +399,13 @@ mod tests {
         assert!(cache.deleting("team", &wiki).done(true));
         let mut repo = HelmRepository::new("wiki", Default::default());
         repo.metadata.namespace = Some("team".into());
-        assert!(cache.forget(&repo), "per kind");
+        assert!(cache.forget(&repo.slim()), "per kind");
         assert!(!cache.forget(&release(1, None)));
         assert!(cache.forget(&release(1, None)));
         // A new apply of the same name clears a mark whose echo never came.
         assert!(cache.deleting("team", &wiki).done(true));
         cache
-            .applying::<HelmRelease>("team", "wiki")
+            .applying::<StoredRelease>("team", "wiki")
             .done(7, &release(1, None));
         assert!(cache.forget(&release(1, None)));
     }
@@ -515,87 +432,15 @@ mod tests {
     fn a_failed_apply_forgets_what_was_applied() {
         let (cache, mut w) = cache();
         cache
-            .applying::<HelmRelease>("team", "wiki")
+            .applying::<StoredRelease>("team", "wiki")
             .done(7, &release(1, None));
         w.apply_watcher_event(&Event::Apply(release(1, None)));
-        drop(cache.applying::<HelmRelease>("team", "wiki"));
+        drop(cache.applying::<StoredRelease>("team", "wiki"));
         assert!(
             cache
                 .unchanged(&cache.releases, "team", "wiki", 7)
                 .is_none()
         );
         assert!(cache.triggers(&release(1, None)));
-    }
-
-    #[test]
-    fn slimming_keeps_what_passes_and_owner_triggers_read() {
-        let meta = serde_json::json!({
-            "name": "wiki", "namespace": "team", "generation": 3, "uid": "u1", "resourceVersion": "7",
-            "deletionTimestamp": "2026-12-01T00:00:00Z", "finalizers": ["flux"],
-            "labels": {"a": "b"}, "annotations": {"c": "d"},
-            "ownerReferences": [{"apiVersion": "apps.vworkspace.io/v1alpha1",
-                "kind": "ApplicationInstance", "name": "wiki", "uid": "owner",
-                "controller": true}]
-        });
-        let mut repo: HelmRepository = serde_json::from_value(serde_json::json!({
-            "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
-            "metadata": meta,
-            "spec": {"url": "https://charts.example.org", "interval": "10m"},
-            "status": {"observedGeneration": 3}
-        }))
-        .unwrap();
-        let reaction = repo.reaction();
-        repo.slim();
-        assert_eq!(repo.spec, HelmRepositorySpec::default());
-        assert!(repo.status.is_none() && repo.metadata.labels.is_none());
-        assert!(repo.metadata.uid.is_none() && repo.metadata.resource_version.is_none());
-        assert_eq!(repo.reaction(), reaction, "generation and deletion kept");
-        assert_eq!(
-            repo.metadata.owner_references.as_ref().unwrap()[0].uid,
-            "owner",
-            "the owner's pass is found through them"
-        );
-
-        let mut hr = release(3, Some("True"));
-        hr.metadata.owner_references = repo.metadata.owner_references.clone();
-        hr.spec.suspend = Some(true);
-        hr.spec.values = Some(serde_json::json!({"big": "x".repeat(1000)}));
-        let reaction = hr.reaction();
-        let suspended = crate::kinds::flux::HelmReleaseSpec {
-            suspend: Some(true),
-            ..Default::default()
-        };
-        hr.slim();
-        assert_eq!(hr.spec, suspended, "of the spec a pass reads only suspend");
-        assert_eq!(hr.reaction(), reaction, "conditions and generations kept");
-        assert!(hr.metadata.owner_references.is_some());
-    }
-
-    #[test]
-    fn the_latest_release_survives_slimming_and_a_new_one_is_a_trigger() {
-        use crate::kinds::flux::Snapshot;
-        let snap = |v: &str, st: &str| Snapshot {
-            chart_version: Some(v.into()),
-            status: Some(st.into()),
-        };
-        let with_history = |h: Vec<Snapshot>| {
-            let mut r = release(1, Some("True"));
-            r.status.as_mut().unwrap().history = Some(h);
-            r
-        };
-        let mut stored = with_history(vec![
-            snap("0.2.0+b", "deployed"),
-            snap("0.1.0+a", "superseded"),
-        ]);
-        stored.slim();
-        assert_eq!(
-            stored.status.as_ref().unwrap().history,
-            Some(vec![snap("0.2.0+b", "deployed")]),
-            "the mapping compares the latest release with the wanted version"
-        );
-        // An OCI upgrade changes only the history: that must start a pass.
-        let before = with_history(vec![snap("0.1.0+a", "deployed")]);
-        let after = with_history(vec![snap("0.2.0+b", "deployed")]);
-        assert_ne!(before.reaction(), after.reaction());
     }
 }

@@ -29,6 +29,7 @@ use super::kit::{self, AtStage, Error, HasKit, Stage};
 mod act;
 mod cache;
 mod observe;
+mod stored;
 mod tenant_access;
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
@@ -74,33 +75,36 @@ fn instance_trigger(inst: &ApplicationInstance) -> Option<u64> {
     Some(h.finish())
 }
 
-/// A watch of child kind `K` in `namespace` feeding `writer`, yielding the objects whose
-/// change should trigger their owner's pass (see [`cache`]).
-fn child_triggers<K>(
+/// A watch of child kind `K` feeding `writer` with the slim form of each object (see
+/// [`stored`]) and yielding the full objects whose change should trigger their owner's
+/// pass (see [`cache`]); the owner trigger reads their owner references and drops them.
+fn child_triggers<K: stored::Slim>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    mut writer: reflector::store::Writer<K::Stored>,
     cache: Arc<cache::Cache>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: cache::Reacts
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(K::slim)
-        .reflect(writer)
         .filter_map(move |event| {
+            use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
             let out = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    cache.triggers(&o).then_some(Ok(o))
+                Ok(event) => {
+                    let slim = match &event {
+                        Apply(o) => Apply(o.slim()),
+                        InitApply(o) => InitApply(o.slim()),
+                        Delete(o) => Delete(o.slim()),
+                        Init => Init,
+                        InitDone => InitDone,
+                    };
+                    writer.apply_watcher_event(&slim);
+                    match (event, slim) {
+                        (Apply(o) | InitApply(o), Apply(s) | InitApply(s)) => {
+                            cache.triggers(&s).then_some(Ok(o))
+                        }
+                        (Delete(o), Delete(s)) => cache.forget(&s).then_some(Ok(o)),
+                        _ => None,
+                    }
                 }
-                Ok(watcher::Event::Delete(o)) => cache.forget(&o).then_some(Ok(o)),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                 Err(e) => Some(Err(e)),
             };
             futures::future::ready(out)

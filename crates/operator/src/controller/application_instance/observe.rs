@@ -2,14 +2,15 @@
 //! Secret/ConfigMap are looked at; their values never leave the API response.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Resource;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSource};
 use vworkspace_decide::instance::{self as decide, Child, Observed, ValuesState};
+use vworkspace_decide::kinds::flux::{HelmRelease, HelmRepository, OCIRepository};
 
-use super::cache::{Cache, Reacts};
+use super::cache::Cache;
+use super::stored::Slim;
 use super::tenant_access;
 use crate::controller::Context;
 use crate::controller::kit::{self, Cause};
@@ -105,28 +106,25 @@ async fn child_exists(
     child: &Child,
 ) -> Result<bool, kube::Error> {
     match child {
-        Child::HelmRelease(n) => exists(ctx, cache, &cache.releases, namespace, n).await,
-        Child::HelmRepository(n) => {
-            exists(ctx, cache, &cache.helm_repositories, namespace, n).await
+        Child::HelmRelease(n) => {
+            exists::<HelmRelease>(ctx, cache, &cache.releases, namespace, n).await
         }
-        Child::OCIRepository(n) => exists(ctx, cache, &cache.oci_repositories, namespace, n).await,
+        Child::HelmRepository(n) => {
+            exists::<HelmRepository>(ctx, cache, &cache.helm_repositories, namespace, n).await
+        }
+        Child::OCIRepository(n) => {
+            exists::<OCIRepository>(ctx, cache, &cache.oci_repositories, namespace, n).await
+        }
     }
 }
 
-async fn exists<K>(
+async fn exists<K: Slim>(
     ctx: &Context,
     cache: &Cache,
-    store: &Store<K>,
+    store: &Store<K::Stored>,
     namespace: &str,
     name: &str,
-) -> Result<bool, kube::Error>
-where
-    K: Reacts
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
+) -> Result<bool, kube::Error> {
     if !kit::store_ready(store).await {
         return Err(kube::Error::Service(
             "the child watch stopped before its first list".into(),
@@ -135,7 +133,7 @@ where
     if store.get(&ObjectRef::new(name).within(namespace)).is_some() {
         return Ok(true);
     }
-    if !cache.applied::<K>(namespace, name) {
+    if !cache.applied::<K::Stored>(namespace, name) {
         return Ok(false);
     }
     Ok(Api::<K>::namespaced(ctx.client.clone(), namespace)
