@@ -186,7 +186,11 @@ impl Agent {
         ));
         let client = AgentClient::new(store.clone(), metrics.clone(), config.connectivity);
         let batcher = Arc::new(EventBatcher::new(config.batcher, metrics.clone()));
-        let reporter = Arc::new(Reporter::new(batcher.clone()));
+        let reporter = Arc::new(Reporter::new(
+            batcher.clone(),
+            kube.clone(),
+            config.watch_namespace.clone(),
+        ));
         let applier = Arc::new(Applier::new(kube.clone(), config.scope.clone()));
         let idempotency = Arc::new(IdempotencyStore::new(
             kube.clone(),
@@ -294,11 +298,7 @@ pub async fn run_agent(
                 a.batcher().run(a.client(), a.config().backoff, t).await;
             })
         };
-        let reporter = tokio::spawn(agent.reporter().clone().run(
-            agent.kube().clone(),
-            agent.config().watch_namespace.clone(),
-            term.clone(),
-        ));
+        let reporter = tokio::spawn(agent.reporter().clone().run(term.clone()));
         let runtime = tokio::spawn(runtime::run(agent.clone(), term.clone()));
         loop {
             tokio::select! {

@@ -237,7 +237,7 @@ impl Poller {
     async fn resync(&self) {
         let a = &self.agent;
         let _ = a.batcher().flush(a.client()).await;
-        let n = a.reporter().snapshot();
+        let n = a.reporter().snapshot().await;
         let _ = a.batcher().flush(a.client()).await;
         tracing::info!(
             snapshot_events = n,

@@ -2,19 +2,26 @@
 //! `Operation` and `Cluster` objects into `ConditionTransition` events on the batcher.
 //!
 //! It watches the three kinds itself (no reconciler has to call it) and compares each
-//! object's conditions with the last seen list: a condition of a new type, or whose
+//! object's conditions with the last seen ones: a condition of a new type, or whose
 //! status, reason or message changed, becomes one event carrying only that condition,
-//! keyed uniquely per transition (`wire::event_key`). After a restart the first list
-//! re-reports current conditions; their keys equal the ones sent before, so the server
-//! de-duplicates them. [`Reporter::snapshot`] re-emits everything (reconnect re-sync).
+//! keyed uniquely per transition (`wire::event_key`); a condition that disappeared is
+//! not reported. After a restart the first list re-reports current conditions; their
+//! keys equal the ones sent before, so the server de-duplicates them.
+//!
+//! Memory: per object it keeps only a hash of kind/namespace/name/uid and, per
+//! condition, a hash of the type and one of status+reason+message (about 100 bytes per
+//! object instead of the conditions themselves, issue 10). So [`Reporter::snapshot`]
+//! (reconnect re-sync) cannot re-emit from memory: it lists the three kinds from the
+//! API server, a page at a time, and queues every current condition.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as KubeCondition;
 use kube::Resource;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 use vworkspace_api::{ApplicationInstance, Cluster, Operation};
@@ -22,21 +29,45 @@ use vworkspace_api::{ApplicationInstance, Cluster, Operation};
 use super::events::EventBatcher;
 use super::wire::{Condition, EVENT_CONDITION_TRANSITION, Event, ObjectRef, event_key};
 
-#[derive(Clone, Debug)]
-struct Seen {
-    reference: ObjectRef,
-    conditions: Vec<Condition>,
+/// Objects per LIST page of a re-sync (the watcher's own initial list pages by 500 too).
+pub const SNAPSHOT_PAGE_SIZE: u32 = 500;
+
+/// What is kept of one condition: (hash of its type, hash of status+reason+message).
+pub type Fingerprint = (u64, u64);
+
+/// The hashes only live in this process's memory, so any stable hasher does;
+/// `DefaultHasher::new()` has fixed keys (same input, same hash, for the process's life).
+fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
 }
 
-/// Conditions of `new` worth an event given `old` (pure).
-pub fn changed(old: &[Condition], new: &[Condition]) -> Vec<Condition> {
+/// `str` hashes with a terminator, so ("ab","c") and ("a","bc") differ.
+pub fn fingerprint(c: &Condition) -> Fingerprint {
+    (
+        hash_of(c.type_.as_str()),
+        hash_of(&(c.status.as_str(), c.reason.as_str(), c.message.as_str())),
+    )
+}
+
+/// Map key of an object: the same fields the formatted key used to hold.
+fn object_key(r: &ObjectRef) -> u64 {
+    hash_of(&(
+        r.kind.as_str(),
+        r.namespace.as_str(),
+        r.name.as_str(),
+        r.uid.as_str(),
+    ))
+}
+
+/// Indices of the conditions in `new` worth an event given the last seen `old` (pure):
+/// a type not seen before, or a seen type whose status, reason or message changed.
+pub fn changed(old: &[Fingerprint], new: &[Fingerprint]) -> Vec<usize> {
     new.iter()
-        .filter(|c| {
-            old.iter().find(|o| o.type_ == c.type_).is_none_or(|o| {
-                o.status != c.status || o.reason != c.reason || o.message != c.message
-            })
-        })
-        .cloned()
+        .enumerate()
+        .filter(|(_, (t, v))| old.iter().find(|o| o.0 == *t).is_none_or(|o| o.1 != *v))
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -51,9 +82,41 @@ pub fn transition_event(reference: &ObjectRef, c: &Condition) -> Event {
     }
 }
 
-pub struct Reporter {
-    batcher: Arc<EventBatcher>,
-    seen: Mutex<HashMap<String, Seen>>,
+/// A kind whose conditions are reported.
+trait Reported:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    fn conditions(&self) -> &[KubeCondition];
+}
+
+impl Reported for ApplicationInstance {
+    fn conditions(&self) -> &[KubeCondition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+}
+
+impl Reported for Operation {
+    fn conditions(&self) -> &[KubeCondition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+}
+
+impl Reported for Cluster {
+    fn conditions(&self) -> &[KubeCondition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
 }
 
 fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef {
@@ -67,145 +130,146 @@ fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef {
     }
 }
 
-fn map_key(r: &ObjectRef) -> String {
-    format!("{}/{}/{}/{}", r.kind, r.namespace, r.name, r.uid)
+pub struct Reporter {
+    batcher: Arc<EventBatcher>,
+    client: kube::Client,
+    /// Limits the namespaced kinds (watches and re-sync lists alike).
+    namespace: Option<String>,
+    page_size: u32,
+    seen: Mutex<HashMap<u64, Box<[Fingerprint]>>>,
 }
 
 impl Reporter {
-    pub fn new(batcher: Arc<EventBatcher>) -> Self {
+    /// `namespace` limits the namespaced kinds; Clusters are always cluster-wide.
+    pub fn new(
+        batcher: Arc<EventBatcher>,
+        client: kube::Client,
+        namespace: Option<String>,
+    ) -> Self {
         Reporter {
             batcher,
+            client,
+            namespace,
+            page_size: SNAPSHOT_PAGE_SIZE,
             seen: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Objects per LIST page of [`Reporter::snapshot`] (default [`SNAPSHOT_PAGE_SIZE`]).
+    pub fn with_page_size(mut self, n: u32) -> Self {
+        self.page_size = n.max(1);
+        self
+    }
+
     /// Records an object's conditions and queues events for what changed.
     pub fn observe(&self, reference: ObjectRef, conditions: &[KubeCondition]) {
+        self.record(&reference, conditions, false);
+    }
+
+    /// Stores the fingerprints of `conditions` and queues an event for each changed one,
+    /// or for every one with `all`. Returns how many were queued.
+    fn record(&self, reference: &ObjectRef, conditions: &[KubeCondition], all: bool) -> usize {
         let new: Vec<Condition> = conditions.iter().map(Condition::from).collect();
-        let key = map_key(&reference);
-        let events: Vec<Event> = {
+        let fingerprints: Box<[Fingerprint]> = new.iter().map(fingerprint).collect();
+        let picked = {
             let Ok(mut seen) = self.seen.lock() else {
-                return;
+                return 0;
             };
-            let old = seen
-                .get(&key)
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let diff = changed(&old, &new);
-            seen.insert(
-                key,
-                Seen {
-                    reference: reference.clone(),
-                    conditions: new,
-                },
-            );
-            diff.iter()
-                .map(|c| transition_event(&reference, c))
-                .collect()
+            let key = object_key(reference);
+            let picked = if all {
+                (0..new.len()).collect()
+            } else {
+                changed(seen.get(&key).map_or(&[], |s| &s[..]), &fingerprints)
+            };
+            seen.insert(key, fingerprints);
+            picked
         };
-        for e in events {
-            tracing::info!(kind = %e.resource_ref.kind, namespace = %e.resource_ref.namespace, name = %e.resource_ref.name,
-                condition = %e.conditions[0].type_, status = %e.conditions[0].status, "condition transition queued for the control plane");
+        for &i in &picked {
+            let e = transition_event(reference, &new[i]);
+            if !all {
+                tracing::info!(kind = %reference.kind, namespace = %reference.namespace, name = %reference.name,
+                    condition = %new[i].type_, status = %new[i].status, "condition transition queued for the control plane");
+            }
             self.batcher.enqueue(e);
         }
+        picked.len()
     }
 
     fn forget(&self, reference: &ObjectRef) {
         if let Ok(mut seen) = self.seen.lock() {
-            seen.remove(&map_key(reference));
+            seen.remove(&object_key(reference));
         }
     }
 
-    /// Current conditions of a known object.
-    pub fn conditions_of(&self, kind: &str, namespace: &str, name: &str) -> Option<Vec<Condition>> {
-        let seen = self.seen.lock().ok()?;
-        seen.values()
-            .find(|s| {
-                s.reference.kind == kind
-                    && s.reference.namespace == namespace
-                    && s.reference.name == name
-            })
-            .map(|s| s.conditions.clone())
-    }
-
-    /// Re-queues every current condition of every watched object (reconnect re-sync:
-    /// heals gaps left by buffer overflow; already-delivered keys are de-duplicated by
-    /// the server). Returns how many events were queued.
-    pub fn snapshot(&self) -> usize {
-        let events: Vec<Event> = match self.seen.lock() {
-            Ok(seen) => seen
-                .values()
-                .flat_map(|s| {
-                    s.conditions
-                        .iter()
-                        .map(|c| transition_event(&s.reference, c))
-                })
-                .collect(),
-            Err(_) => return 0,
-        };
-        let n = events.len();
-        for e in events {
-            self.batcher.enqueue(e);
+    fn apis(&self) -> (Api<ApplicationInstance>, Api<Operation>, Api<Cluster>) {
+        let c = &self.client;
+        match self.namespace.as_deref() {
+            Some(n) => (
+                Api::namespaced(c.clone(), n),
+                Api::namespaced(c.clone(), n),
+                Api::all(c.clone()),
+            ),
+            None => (
+                Api::all(c.clone()),
+                Api::all(c.clone()),
+                Api::all(c.clone()),
+            ),
         }
-        n
     }
 
-    /// Watches the three kinds until `cancel`. `namespace` limits the namespaced kinds.
-    pub async fn run(
-        self: Arc<Self>,
-        client: kube::Client,
-        namespace: Option<String>,
-        cancel: CancellationToken,
-    ) {
-        let ns = namespace.as_deref();
-        let instances: Api<ApplicationInstance> = match ns {
-            Some(n) => Api::namespaced(client.clone(), n),
-            None => Api::all(client.clone()),
-        };
-        let operations: Api<Operation> = match ns {
-            Some(n) => Api::namespaced(client.clone(), n),
-            None => Api::all(client.clone()),
-        };
-        let clusters: Api<Cluster> = Api::all(client);
-        let a = self.clone().watch(instances, |i: &ApplicationInstance| {
-            i.status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default()
-        });
-        let o = self.clone().watch(operations, |o: &Operation| {
-            o.status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default()
-        });
-        let c = self.clone().watch(clusters, |c: &Cluster| {
-            c.status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default()
-        });
+    /// Re-queues every current condition of every object of the three kinds, listed
+    /// from the API server (reconnect re-sync: heals gaps left by buffer overflow;
+    /// already-delivered keys are de-duplicated by the server), and refreshes the
+    /// fingerprints from what was listed. A failed list ends the re-sync (logged; the
+    /// next reconnect re-syncs again). Returns how many events were queued.
+    pub async fn snapshot(&self) -> usize {
+        let (instances, operations, clusters) = self.apis();
+        let mut queued = 0;
+        let listed = async {
+            self.resend(&instances, &mut queued).await?;
+            self.resend(&operations, &mut queued).await?;
+            self.resend(&clusters, &mut queued).await
+        }
+        .await;
+        if let Err(e) = listed {
+            tracing::warn!(error = %e, queued, "condition re-sync: list failed; the next reconnect re-syncs again");
+        }
+        queued
+    }
+
+    /// Lists `api` page by page and queues every condition, counting into `queued`.
+    async fn resend<K: Reported>(&self, api: &Api<K>, queued: &mut usize) -> kube::Result<()> {
+        let mut params = ListParams::default().limit(self.page_size);
+        loop {
+            let page = api.list(&params).await?;
+            for obj in &page.items {
+                *queued += self.record(&object_ref(obj), obj.conditions(), true);
+            }
+            match page.metadata.continue_.as_deref() {
+                Some(token) if !token.is_empty() => params = params.continue_token(token),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Watches the three kinds until `cancel`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let (instances, operations, clusters) = self.apis();
+        let a = self.clone().watch(instances);
+        let o = self.clone().watch(operations);
+        let c = self.clone().watch(clusters);
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = futures::future::join3(a, o, c) => {}
         }
     }
 
-    async fn watch<K>(self: Arc<Self>, api: Api<K>, conditions: fn(&K) -> Vec<KubeCondition>)
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
+    async fn watch<K: Reported>(self: Arc<Self>, api: Api<K>) {
         let mut stream = super::relist::relisting(api, watcher::Config::default()).boxed();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                    self.observe(object_ref(&obj), &conditions(&obj));
+                    self.observe(object_ref(&obj), obj.conditions());
                 }
                 Ok(watcher::Event::Delete(obj)) => self.forget(&object_ref(&obj)),
                 Ok(_) => {}
@@ -234,31 +298,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_changes_are_reported() {
-        let old = vec![c("Ready", "False", "A", ""), c("Blocked", "False", "X", "")];
-        let new = vec![
-            c("Ready", "False", "B", ""),
-            c("Blocked", "False", "X", ""),
-            c("Degraded", "True", "D", ""),
-        ];
-        let d = changed(&old, &new);
-        assert_eq!(
-            d.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
-            vec!["Ready", "Degraded"]
-        );
-        assert!(changed(&new, &new).is_empty());
-        // Disappeared conditions are not reported.
-        assert!(changed(&new, &[]).is_empty());
+    fn fps(cs: &[Condition]) -> Vec<Fingerprint> {
+        cs.iter().map(fingerprint).collect()
+    }
+
+    /// Types of the conditions in `new` that `changed` picks against `old`.
+    fn picked<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a str> {
+        changed(&fps(old), &fps(new))
+            .into_iter()
+            .map(|i| new[i].type_.as_str())
+            .collect()
     }
 
     #[test]
-    fn observe_and_snapshot() {
+    fn only_changes_are_reported() {
+        let old = vec![
+            c("Ready", "False", "A", "m"),
+            c("Blocked", "False", "X", ""),
+            c("Synced", "True", "S", "m"),
+            c("Paused", "False", "P", "m"),
+        ];
+        let new = vec![
+            c("Ready", "False", "B", "m"),  // reason changed
+            c("Blocked", "False", "X", ""), // unchanged
+            c("Synced", "True", "S", "m2"), // message changed
+            c("Paused", "True", "P", "m"),  // status changed
+            c("Degraded", "True", "D", ""), // new type
+        ];
+        assert_eq!(
+            picked(&old, &new),
+            vec!["Ready", "Synced", "Paused", "Degraded"]
+        );
+        assert!(picked(&new, &new).is_empty());
+        // Disappeared conditions are not reported.
+        assert!(picked(&new, &[]).is_empty());
+        assert!(picked(&new, &new[1..2]).is_empty());
+        // Everything is new to an object not seen before.
+        assert_eq!(picked(&[], &new).len(), new.len());
+        // The timestamp alone is no transition.
+        let mut later = new[1].clone();
+        later.last_transition_time = Some(jiff::Timestamp::from_second(5).unwrap());
+        assert!(picked(&new, &[later]).is_empty());
+    }
+
+    #[test]
+    fn fingerprints_keep_field_boundaries() {
+        // Moving text between reason and message, or status and reason, is a change.
+        assert_ne!(
+            fingerprint(&c("Ready", "True", "ab", "c")),
+            fingerprint(&c("Ready", "True", "a", "bc"))
+        );
+        assert_ne!(
+            fingerprint(&c("Ready", "True", "", "x")),
+            fingerprint(&c("Ready", "Truex", "", ""))
+        );
+        assert_eq!(
+            fingerprint(&c("Ready", "True", "a", "b")),
+            fingerprint(&c("Ready", "True", "a", "b"))
+        );
+    }
+
+    /// A client for an address where nothing listens: every request fails fast.
+    fn unreachable_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn observe_then_snapshot_without_an_api_server() {
         let batcher = Arc::new(EventBatcher::new(
             Default::default(),
             Arc::new(Metrics::new()),
         ));
-        let r = Reporter::new(batcher.clone());
+        let r = Reporter::new(batcher.clone(), unreachable_client(), None);
         let reference = ObjectRef {
             api_version: "ops.vworkspace.io/v1alpha1".into(),
             kind: "Cluster".into(),
@@ -281,11 +393,21 @@ mod tests {
         assert_eq!(batcher.len(), 1);
         r.observe(reference.clone(), &[kc("False")]);
         assert_eq!(batcher.len(), 2);
-        assert_eq!(r.snapshot(), 1);
+        let key = event_key::condition_key(&reference, &Condition::from(&kc("False")));
+        assert!(batcher.contains_key(&key));
+        // Another object with the same name is tracked on its own (the uid differs).
+        let other = ObjectRef {
+            uid: "u2".into(),
+            ..reference.clone()
+        };
+        r.observe(other, &[kc("False")]);
         assert_eq!(batcher.len(), 3);
-        assert_eq!(
-            r.conditions_of("Cluster", "", "local").unwrap()[0].status,
-            "False"
-        );
+        // A deleted and re-created object reports again.
+        r.forget(&reference);
+        r.observe(reference.clone(), &[kc("False")]);
+        assert_eq!(batcher.len(), 4);
+        // The re-sync reads the API server, not memory: a failed list queues nothing.
+        assert_eq!(r.snapshot().await, 0);
+        assert_eq!(batcher.len(), 4);
     }
 }
