@@ -128,8 +128,10 @@ async fn resync_lists_every_page_with_the_watchs_keys() {
     assert_eq!(resent.len(), INSTANCES);
     cancel.cancel();
 
-    // A reporter that re-synced before its watch started has the fingerprints already:
-    // its watch reports only what changes afterwards.
+    // The re-sync leaves the kept fingerprints to the watch (a page listed before a
+    // newer watch event must not put an older state back): a reporter that re-synced
+    // before its watch started still reports every condition on its watch's first list,
+    // with the same keys, and then only what changes.
     let fresh_into = batcher();
     let fresh = Arc::new(Reporter::new(
         fresh_into.clone(),
@@ -142,6 +144,11 @@ async fn resync_lists_every_page_with_the_watchs_keys() {
     assert_eq!(keys(&about(all, &ns)), watched_keys);
     let cancel = CancellationToken::new();
     tokio::spawn(fresh.clone().run(cancel.clone()));
+    let listed = collect_until(&fresh_into, &ns, "the watch listed every instance", |got| {
+        got.len() >= INSTANCES
+    })
+    .await;
+    assert_eq!(keys(&listed), watched_keys);
     instance_controller_reports(&api, "wiki-0", "True", "Upgraded", "played by the test").await;
     let after = collect_until(&fresh_into, &ns, "the watch reported the change", |got| {
         got.iter().any(|e| e.conditions[0].reason == "Upgraded")

@@ -14,7 +14,7 @@
 //! (reconnect re-sync) cannot re-emit from memory: it lists the three kinds from the
 //! API server, a page at a time, and queues every current condition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -29,8 +29,9 @@ use vworkspace_api::{ApplicationInstance, Cluster, Operation};
 use super::events::EventBatcher;
 use super::wire::{Condition, EVENT_CONDITION_TRANSITION, Event, ObjectRef, event_key};
 
-/// Objects per LIST page of a re-sync (the watcher's own initial list pages by 500 too).
-pub const SNAPSHOT_PAGE_SIZE: u32 = 500;
+/// Objects per LIST page of a re-sync: a page is held whole while its events are
+/// queued, and instances with inline values can be large.
+pub const SNAPSHOT_PAGE_SIZE: u32 = 100;
 
 /// What is kept of one condition: (hash of its type, hash of status+reason+message).
 pub type Fingerprint = (u64, u64);
@@ -130,6 +131,15 @@ fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef {
     }
 }
 
+/// Keys of one kind's objects: a re-list sends no deletion for an object deleted while
+/// the watch was down, so what a re-list no longer shows is dropped when it ends.
+#[derive(Default)]
+struct KindKeys {
+    live: HashSet<u64>,
+    /// Keys seen since the re-list began (`Init`), until `InitDone`.
+    listed: Option<HashSet<u64>>,
+}
+
 pub struct Reporter {
     batcher: Arc<EventBatcher>,
     client: kube::Client,
@@ -163,36 +173,27 @@ impl Reporter {
 
     /// Records an object's conditions and queues events for what changed.
     pub fn observe(&self, reference: ObjectRef, conditions: &[KubeCondition]) {
-        self.record(&reference, conditions, false);
+        self.record(&reference, conditions);
     }
 
-    /// Stores the fingerprints of `conditions` and queues an event for each changed one,
-    /// or for every one with `all`. Returns how many were queued.
-    fn record(&self, reference: &ObjectRef, conditions: &[KubeCondition], all: bool) -> usize {
+    /// Stores the fingerprints of `conditions` and queues an event for each changed one.
+    fn record(&self, reference: &ObjectRef, conditions: &[KubeCondition]) {
         let new: Vec<Condition> = conditions.iter().map(Condition::from).collect();
         let fingerprints: Box<[Fingerprint]> = new.iter().map(fingerprint).collect();
         let picked = {
             let Ok(mut seen) = self.seen.lock() else {
-                return 0;
+                return;
             };
             let key = object_key(reference);
-            let picked = if all {
-                (0..new.len()).collect()
-            } else {
-                changed(seen.get(&key).map_or(&[], |s| &s[..]), &fingerprints)
-            };
+            let picked = changed(seen.get(&key).map_or(&[], |s| &s[..]), &fingerprints);
             seen.insert(key, fingerprints);
             picked
         };
         for &i in &picked {
-            let e = transition_event(reference, &new[i]);
-            if !all {
-                tracing::info!(kind = %reference.kind, namespace = %reference.namespace, name = %reference.name,
-                    condition = %new[i].type_, status = %new[i].status, "condition transition queued for the control plane");
-            }
-            self.batcher.enqueue(e);
+            tracing::info!(kind = %reference.kind, namespace = %reference.namespace, name = %reference.name,
+                condition = %new[i].type_, status = %new[i].status, "condition transition queued for the control plane");
+            self.batcher.enqueue(transition_event(reference, &new[i]));
         }
-        picked.len()
     }
 
     fn forget(&self, reference: &ObjectRef) {
@@ -219,35 +220,51 @@ impl Reporter {
 
     /// Re-queues every current condition of every object of the three kinds, listed
     /// from the API server (reconnect re-sync: heals gaps left by buffer overflow;
-    /// already-delivered keys are de-duplicated by the server), and refreshes the
-    /// fingerprints from what was listed. A failed list ends the re-sync (logged; the
-    /// next reconnect re-syncs again). Returns how many events were queued.
+    /// already-delivered keys are de-duplicated by the server). The kept fingerprints
+    /// are the watch's alone: a page listed before a newer watch event must not put an
+    /// older state (or a deleted object) back. Each kind is listed on its own, so a
+    /// failed list (logged; the next reconnect re-syncs again) skips only that kind.
+    /// Returns how many events were queued.
     pub async fn snapshot(&self) -> usize {
         let (instances, operations, clusters) = self.apis();
         let mut queued = 0;
-        let listed = async {
-            self.resend(&instances, &mut queued).await?;
-            self.resend(&operations, &mut queued).await?;
-            self.resend(&clusters, &mut queued).await
-        }
-        .await;
-        if let Err(e) = listed {
-            tracing::warn!(error = %e, queued, "condition re-sync: list failed; the next reconnect re-syncs again");
-        }
+        queued += self.resend(&instances).await;
+        queued += self.resend(&operations).await;
+        queued += self.resend(&clusters).await;
         queued
     }
 
-    /// Lists `api` page by page and queues every condition, counting into `queued`.
-    async fn resend<K: Reported>(&self, api: &Api<K>, queued: &mut usize) -> kube::Result<()> {
+    /// Lists `api` page by page and queues every condition; returns how many. An expired
+    /// continue token (`410`, a long list on a busy server) starts the list over once.
+    async fn resend<K: Reported>(&self, api: &Api<K>) -> usize {
+        let mut queued = 0;
+        let mut restarted = false;
         let mut params = ListParams::default().limit(self.page_size);
         loop {
-            let page = api.list(&params).await?;
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(kube::Error::Api(s)) if s.code == 410 && !restarted => {
+                    restarted = true;
+                    params = ListParams::default().limit(self.page_size);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %K::kind(&()), queued,
+                        "condition re-sync: list failed; the next reconnect re-syncs again");
+                    return queued;
+                }
+            };
             for obj in &page.items {
-                *queued += self.record(&object_ref(obj), obj.conditions(), true);
+                let reference = object_ref(obj);
+                for c in obj.conditions() {
+                    self.batcher
+                        .enqueue(transition_event(&reference, &Condition::from(c)));
+                    queued += 1;
+                }
             }
             match page.metadata.continue_.as_deref() {
                 Some(token) if !token.is_empty() => params = params.continue_token(token),
-                _ => return Ok(()),
+                _ => return queued,
             }
         }
     }
@@ -264,15 +281,43 @@ impl Reporter {
         }
     }
 
+    /// One watch event of kind `K`; `keys` tracks that kind's objects across re-lists.
+    fn on_event<K: Reported>(&self, keys: &mut KindKeys, ev: watcher::Event<K>) {
+        match ev {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let reference = object_ref(&obj);
+                let key = object_key(&reference);
+                keys.live.insert(key);
+                if let Some(l) = &mut keys.listed {
+                    l.insert(key);
+                }
+                self.observe(reference, obj.conditions());
+            }
+            watcher::Event::Delete(obj) => {
+                let reference = object_ref(&obj);
+                keys.live.remove(&object_key(&reference));
+                self.forget(&reference);
+            }
+            watcher::Event::Init => keys.listed = Some(HashSet::new()),
+            watcher::Event::InitDone => {
+                if let Some(listed) = keys.listed.take() {
+                    if let Ok(mut seen) = self.seen.lock() {
+                        for k in keys.live.difference(&listed) {
+                            seen.remove(k);
+                        }
+                    }
+                    keys.live = listed;
+                }
+            }
+        }
+    }
+
     async fn watch<K: Reported>(self: Arc<Self>, api: Api<K>) {
         let mut stream = super::relist::relisting(api, watcher::Config::default()).boxed();
+        let mut keys = KindKeys::default();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                    self.observe(object_ref(&obj), obj.conditions());
-                }
-                Ok(watcher::Event::Delete(obj)) => self.forget(&object_ref(&obj)),
-                Ok(_) => {}
+                Ok(ev) => self.on_event(&mut keys, ev),
                 Err(e) => {
                     tracing::debug!(error = %e, kind = %K::kind(&()), "reporter watch error (retrying)");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -409,5 +454,49 @@ mod tests {
         // The re-sync reads the API server, not memory: a failed list queues nothing.
         assert_eq!(r.snapshot().await, 0);
         assert_eq!(batcher.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
+        let r = Reporter::new(
+            Arc::new(EventBatcher::new(
+                Default::default(),
+                Arc::new(Metrics::new()),
+            )),
+            unreachable_client(),
+            None,
+        );
+        let cluster = |name: &str| -> Cluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
+                "metadata": {"name": name, "uid": format!("uid-{name}")},
+                "spec": {}
+            }))
+            .unwrap()
+        };
+        let kept = |r: &Reporter| r.seen.lock().unwrap().len();
+        let mut keys = KindKeys::default();
+        r.on_event(&mut keys, watcher::Event::<Cluster>::Init);
+        for n in ["a", "b", "c"] {
+            r.on_event(&mut keys, watcher::Event::InitApply(cluster(n)));
+        }
+        r.on_event(&mut keys, watcher::Event::<Cluster>::InitDone);
+        assert_eq!(kept(&r), 3);
+        r.on_event(&mut keys, watcher::Event::Delete(cluster("c")));
+        assert_eq!(kept(&r), 2);
+        // The watch was down while "b" was deleted: the re-list shows only "a" and "d".
+        r.on_event(&mut keys, watcher::Event::<Cluster>::Init);
+        r.on_event(&mut keys, watcher::Event::InitApply(cluster("a")));
+        r.on_event(&mut keys, watcher::Event::InitApply(cluster("d")));
+        assert_eq!(
+            kept(&r),
+            3,
+            "nothing is dropped before the list is complete"
+        );
+        r.on_event(&mut keys, watcher::Event::<Cluster>::InitDone);
+        assert_eq!(kept(&r), 2);
+        assert_eq!(keys.live.len(), 2);
+        let b = object_ref(&cluster("b"));
+        assert!(!r.seen.lock().unwrap().contains_key(&object_key(&b)));
     }
 }
