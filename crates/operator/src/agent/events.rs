@@ -92,12 +92,18 @@ impl EventBatcher {
         let over = q.events.len().saturating_sub(self.config.capacity);
         if over > 0 {
             q.events.drain(..over);
+            // Once per overflow: while it lasts (e.g. not registered yet, every new event
+            // drops one) the metric and the Cluster condition carry the count; a line per
+            // event filled the log with tens of thousands of identical warnings.
+            if q.dropped == 0 {
+                tracing::warn!(
+                    capacity = self.config.capacity,
+                    "event buffer full: dropping the oldest events until it drains \
+                     (counted in vworkspace_operator_dropped_events_total)"
+                );
+            }
             q.dropped += over as u64;
             self.metrics.dropped_events_total.inc_by(over as u64);
-            tracing::warn!(
-                dropped = over,
-                "event buffer full: dropped the oldest events"
-            );
         }
         self.metrics
             .event_buffer_occupancy
@@ -154,7 +160,11 @@ impl EventBatcher {
                         *l = None;
                     }
                     self.with_queue(|q| {
-                        if q.events.is_empty() {
+                        if q.events.is_empty() && q.dropped > 0 {
+                            tracing::info!(
+                                dropped = q.dropped,
+                                "event buffer drained after an overflow"
+                            );
                             q.dropped = 0;
                         }
                         self.metrics
