@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod kube_client;
 pub mod leader;
 pub mod logging;
 pub mod metrics;

@@ -347,7 +347,7 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
 
-    let client = kube::Client::try_default()
+    let client = vworkspace_operator::kube_client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let shutdown = CancellationToken::new();
