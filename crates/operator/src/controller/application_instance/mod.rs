@@ -30,7 +30,10 @@ mod act;
 mod cache;
 mod observe;
 mod stored;
+mod stored_instance;
 mod tenant_access;
+
+use stored_instance::StoredInstance;
 
 pub use vworkspace_decide::instance::{BLOCKED_RECHECK, DELETION_WAIT};
 
@@ -51,28 +54,30 @@ where
     }
 }
 
-/// Drops what no decision reads before an instance reaches the store: managedFields
-/// and kubectl's copy of the last applied object.
-fn strip(inst: &mut ApplicationInstance) {
-    inst.metadata.managed_fields = None;
-    if let Some(a) = &mut inst.metadata.annotations {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// The instance changes a pass acts on: spec (generation), deletion, labels and
-/// annotations. Status and finalizer updates — our own writes — trigger nothing.
-fn instance_trigger(inst: &ApplicationInstance) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        inst.metadata.generation,
-        inst.metadata.deletion_timestamp.is_some(),
-        &inst.metadata.labels,
-        &inst.metadata.annotations,
-    )
-        .hash(&mut h);
-    Some(h.finish())
+/// The primary watch's events with each instance in its stored form. An instance that
+/// cannot be encoded (nothing the apiserver accepts should be) is logged and left out.
+fn stored_events(
+    event: Result<watcher::Event<ApplicationInstance>, watcher::Error>,
+) -> Option<Result<watcher::Event<StoredInstance>, watcher::Error>> {
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+    let slim = |inst: ApplicationInstance| {
+        let key = format!(
+            "{}/{}",
+            inst.namespace().unwrap_or_default(),
+            inst.name_any()
+        );
+        StoredInstance::new(inst)
+            .inspect_err(|e| tracing::error!(object = %key, error = %e, "instance not stored"))
+            .ok()
+    };
+    Some(Ok(match event {
+        Ok(Apply(o)) => Apply(slim(o)?),
+        Ok(InitApply(o)) => InitApply(slim(o)?),
+        Ok(Delete(o)) => Delete(slim(o)?),
+        Ok(Init) => Init,
+        Ok(InitDone) => InitDone,
+        Err(e) => return Some(Err(e)),
+    }))
 }
 
 /// A watch of child kind `K` feeding `writer` with the slim form of each object (see
@@ -122,10 +127,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
             ctx.primary_watch_config(),
         )
         .default_backoff()
-        .modify(strip)
+        .filter_map(|event| futures::future::ready(stored_events(event)))
         .reflect(writer),
     )
-    .predicate_filter(instance_trigger, PredicateConfig::default());
+    .predicate_filter(
+        |i: &StoredInstance| Some(i.trigger()),
+        PredicateConfig::default(),
+    );
     let controller = Controller::for_stream(primary, store.clone())
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .trigger_backoff(kit::TriggerBackoff::default());
@@ -143,8 +151,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
         instances
             .state()
             .into_iter()
-            .filter(|i| i.namespace() == ns)
-            .filter(|i| i.spec.release.as_ref().is_some_and(|r| r.name == release))
+            .filter(|i| i.namespace() == ns && i.release() == Some(release.as_str()))
             .map(|i| ObjectRef::from_obj(&*i))
             .collect::<Vec<_>>()
     };
@@ -168,20 +175,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
             .state()
             .into_iter()
             .filter(|i| i.namespace() == ns)
-            .filter(|i| {
-                i.spec.values.as_ref().is_some_and(|v| {
-                    v.source == kind
-                        && match kind {
-                            ValuesSource::SecretRef => {
-                                v.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                            }
-                            ValuesSource::ConfigMapRef => {
-                                v.config_map_ref.as_ref().is_some_and(|r| r.name == name)
-                            }
-                            ValuesSource::Inline => false,
-                        }
-                })
-            })
+            .filter(|i| i.values_ref() == Some((kind, name.as_str())))
             .map(|i| ObjectRef::from_obj(&*i))
             .collect::<Vec<_>>()
     };
@@ -247,19 +241,21 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
 }
 
 async fn reconcile(
-    inst: Arc<ApplicationInstance>,
+    stored: Arc<StoredInstance>,
     ctx: Arc<Context>,
     cache: Arc<cache::Cache>,
 ) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
-    let mut inst = (*inst).clone();
+    let mut inst = stored
+        .to_instance()
+        .map_err(|e| Error::new(Stage::Observe, format!("decoding the stored instance: {e}")))?;
     let mut observed = observe::observe(&ctx, &cache, &inst)
         .await
         .at(Stage::Observe)?;
     let mut plan = decide::decide(&observed, now);
     if matches!(plan.decision, decide::Decision::AddFinalizer) {
         // Add it and go on in the same pass: its echo triggers nothing (see
-        // `instance_trigger`), so waiting for it would leave the instance undelivered.
+        // `stored_instance::trigger`), so waiting for it would leave the instance undelivered.
         ctx.kit()
             .add_finalizer(&inst, keys::FINALIZER_APPLICATION_INSTANCE)
             .await?;
