@@ -1,11 +1,14 @@
-//! What the controller's instance store holds: each instance as the compact JSON of the
+//! What the controller's instance store holds: each instance as the deflated JSON of the
 //! object (without managedFields and kubectl's last-applied copy), beside the few fields
 //! read without decoding it — the store key, the two routing fields and the trigger hash.
 //!
 //! The typed object costs about 4.4 KiB in the heap (a one-entry label map alone takes a
-//! 640-byte tree node; five conditions, 1.2 KiB); its JSON, 1.9 KiB. A pass decodes its
-//! own instance once (microseconds, beside two API round trips). Decoding what was
-//! encoded from the same type loses no field, so decide sees what it saw before.
+//! 640-byte tree node; five conditions, 1.2 KiB); its JSON 1.8 KiB, deflated 0.6 KiB
+//! (condition fields, timestamps and names repeat). A pass decodes its own instance
+//! once (tens of microseconds, beside two API round trips). Decoding what was encoded
+//! from the same type loses no field, so decide sees what it saw before.
+
+use std::io::Read;
 
 use std::borrow::Cow;
 
@@ -20,7 +23,8 @@ pub struct StoredInstance {
     /// Name, namespace, uid and resourceVersion: what kube's controller and the store's
     /// key read. The JSON leaves them out; [`StoredInstance::to_instance`] puts them back.
     meta: ObjectMeta,
-    json: Box<str>,
+    /// The rest of the object: raw deflate of its JSON.
+    deflated: Box<[u8]>,
     /// `spec.release.name`: an Ingress of that release routes to this instance.
     release: Option<Box<str>>,
     /// `spec.values`' Secret or ConfigMap, by name: its appearing routes here.
@@ -43,7 +47,7 @@ fn trigger(inst: &ApplicationInstance) -> u64 {
 impl StoredInstance {
     /// The stored form of `inst`. Drops what no decision reads: managedFields and
     /// kubectl's copy of the last applied object.
-    pub fn new(mut inst: ApplicationInstance) -> serde_json::Result<Self> {
+    pub fn new(mut inst: ApplicationInstance) -> std::io::Result<Self> {
         inst.metadata.managed_fields = None;
         if let Some(a) = &mut inst.metadata.annotations {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -66,9 +70,12 @@ impl StoredInstance {
             resource_version: m.resource_version.take(),
             ..ObjectMeta::default()
         };
+        // Fastest level: level 6 saves 5 % more at several times the cost.
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        serde_json::to_writer(&mut enc, &inst)?;
         Ok(StoredInstance {
             meta,
-            json: serde_json::to_string(&inst)?.into_boxed_str(),
+            deflated: enc.finish()?.into_boxed_slice(),
             release,
             values_ref,
             trigger,
@@ -76,8 +83,10 @@ impl StoredInstance {
     }
 
     /// The instance as it was stored (less what [`StoredInstance::new`] drops).
-    pub fn to_instance(&self) -> serde_json::Result<ApplicationInstance> {
-        let mut inst: ApplicationInstance = serde_json::from_str(&self.json)?;
+    pub fn to_instance(&self) -> std::io::Result<ApplicationInstance> {
+        let mut json = Vec::new();
+        flate2::read::DeflateDecoder::new(&*self.deflated).read_to_end(&mut json)?;
+        let mut inst: ApplicationInstance = serde_json::from_slice(&json)?;
         let m = &mut inst.metadata;
         m.name.clone_from(&self.meta.name);
         m.namespace.clone_from(&self.meta.namespace);
@@ -204,7 +213,12 @@ mod tests {
         assert_eq!(stored.meta().uid.as_deref(), Some("u-1"));
         assert_eq!(stored.meta().resource_version.as_deref(), Some("42"));
         // The four are held once: in the key fields, not in the JSON.
-        assert!(!stored.json.contains("u-1"));
+        let mut json = String::new();
+        flate2::read::DeflateDecoder::new(&*stored.deflated)
+            .read_to_string(&mut json)
+            .unwrap();
+        assert!(!json.contains("u-1") && json.contains("wiki-rel"));
+        assert!(stored.deflated.len() < json.len());
     }
 
     #[test]
