@@ -115,6 +115,25 @@ async fn pull_mode_end_to_end() {
         shutdown.clone(),
     ));
 
+    // --- Before registration there is no control plane to tell: a transition is not
+    // queued (10,000 of them would only overflow the buffer); the first contact re-sends
+    // the current conditions instead.
+    let early: Api<ApplicationInstance> = Api::namespaced(client.clone(), &op_ns);
+    early
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(instance(&op_ns, "early", "1.0.0")).unwrap(),
+        )
+        .await
+        .unwrap();
+    set_ready(&early, "early", "True", "HelmReleaseReady").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent.batcher().len(),
+        0,
+        "transitions queued with no Cluster registered"
+    );
+
     // --- Registration through a token Secret.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &op_ns);
     secrets
@@ -161,6 +180,16 @@ async fn pull_mode_end_to_end() {
         "ClusterHeartbeat",
         Some("agent-test"),
         |e| !e.conditions.is_empty(),
+    )
+    .await;
+
+    // The instance's Ready from before the registration, re-sent at first contact.
+    wait_event(
+        &admin,
+        "ConditionTransition of the instance from before registration",
+        "ConditionTransition",
+        Some("early"),
+        |e| e.conditions.first().is_some_and(|c| c.status == "True"),
     )
     .await;
 

@@ -210,6 +210,11 @@ impl CredentialStore {
         self.tx.borrow().clone()
     }
 
+    /// Whether credentials are held (without cloning them).
+    pub fn has_credentials(&self) -> bool {
+        self.tx.borrow().is_some()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Option<Credentials>> {
         self.tx.subscribe()
     }

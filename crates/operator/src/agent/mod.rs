@@ -186,11 +186,15 @@ impl Agent {
         ));
         let client = AgentClient::new(store.clone(), metrics.clone(), config.connectivity);
         let batcher = Arc::new(EventBatcher::new(config.batcher, metrics.clone()));
-        let reporter = Arc::new(Reporter::new(
-            batcher.clone(),
-            kube.clone(),
-            config.watch_namespace.clone(),
-        ));
+        let registered = store.clone();
+        let reporter = Arc::new(
+            Reporter::new(
+                batcher.clone(),
+                kube.clone(),
+                config.watch_namespace.clone(),
+            )
+            .with_gate(move || registered.has_credentials()),
+        );
         let applier = Arc::new(Applier::new(kube.clone(), config.scope.clone()));
         let idempotency = Arc::new(IdempotencyStore::new(
             kube.clone(),

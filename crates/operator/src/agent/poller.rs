@@ -144,7 +144,10 @@ impl Poller {
                         .inner
                         .connected_once
                         .store(true, std::sync::atomic::Ordering::Relaxed);
-                    if failing {
+                    // Also after transitions were left out for want of credentials
+                    // (see `Reporter::with_gate`): the first contact sends them.
+                    let suppressed = agent.reporter().take_suppressed();
+                    if failing || suppressed {
                         failing = false;
                         self.resync().await;
                     }
@@ -233,7 +236,8 @@ impl Poller {
         }
     }
 
-    /// Reconnect re-sync: flush, snapshot, flush.
+    /// Re-sync after a reconnect, or after transitions were left out while there were
+    /// no credentials: flush, snapshot, flush.
     async fn resync(&self) {
         let a = &self.agent;
         let _ = a.batcher().flush(a.client()).await;
@@ -241,7 +245,7 @@ impl Poller {
         let _ = a.batcher().flush(a.client()).await;
         tracing::info!(
             snapshot_events = n,
-            "reconnected: queued events flushed and condition snapshot re-sent"
+            "re-sync: queued events flushed and condition snapshot re-sent"
         );
     }
 

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -147,7 +148,13 @@ pub struct Reporter {
     namespace: Option<String>,
     page_size: u32,
     seen: Mutex<HashMap<u64, Box<[Fingerprint]>>>,
+    /// Whether there is a control plane to tell (see [`Reporter::with_gate`]).
+    gate: Option<Gate>,
+    /// Transitions were left out while the gate was shut: the next contact re-syncs.
+    suppressed: AtomicBool,
 }
+
+type Gate = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl Reporter {
     /// `namespace` limits the namespaced kinds; Clusters are always cluster-wide.
@@ -162,7 +169,24 @@ impl Reporter {
             namespace,
             page_size: SNAPSHOT_PAGE_SIZE,
             seen: Mutex::new(HashMap::new()),
+            gate: None,
+            suppressed: AtomicBool::new(false),
         }
+    }
+
+    /// Queue transitions only while `open()` holds (the agent: while it has
+    /// credentials). With no Cluster registered there is no one to send them to, and
+    /// 10,000 instances' transitions would only overflow the buffer. The fingerprints are
+    /// kept either way; what was left out is re-sent by [`Reporter::snapshot`] when
+    /// [`Reporter::take_suppressed`] says so.
+    pub fn with_gate(mut self, open: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.gate = Some(Box::new(open));
+        self
+    }
+
+    /// Whether transitions were left out since the last call; clears the flag.
+    pub fn take_suppressed(&self) -> bool {
+        self.suppressed.swap(false, Ordering::Relaxed)
     }
 
     /// Objects per LIST page of [`Reporter::snapshot`] (default [`SNAPSHOT_PAGE_SIZE`]).
@@ -189,6 +213,10 @@ impl Reporter {
             seen.insert(key, fingerprints);
             picked
         };
+        if !picked.is_empty() && self.gate.as_ref().is_some_and(|open| !open()) {
+            self.suppressed.store(true, Ordering::Relaxed);
+            return;
+        }
         for &i in &picked {
             tracing::info!(kind = %reference.kind, namespace = %reference.namespace, name = %reference.name,
                 condition = %new[i].type_, status = %new[i].status, "condition transition queued for the control plane");
@@ -407,6 +435,49 @@ mod tests {
     fn unreachable_client() -> kube::Client {
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
         kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_shut_gate_queues_nothing_and_asks_for_a_resync() {
+        let batcher = Arc::new(EventBatcher::new(
+            Default::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let open = Arc::new(AtomicBool::new(false));
+        let gate = open.clone();
+        let r = Reporter::new(batcher.clone(), unreachable_client(), None)
+            .with_gate(move || gate.load(Ordering::Relaxed));
+        let reference = ObjectRef {
+            kind: "ApplicationInstance".into(),
+            name: "wiki".into(),
+            uid: "u".into(),
+            ..Default::default()
+        };
+        let kc = |s: &str| KubeCondition {
+            type_: "Ready".into(),
+            status: s.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(100).unwrap(),
+            ),
+        };
+        assert!(!r.take_suppressed());
+        r.observe(reference.clone(), &[kc("False")]);
+        assert_eq!(batcher.len(), 0, "no credentials: nothing queued");
+        assert!(r.take_suppressed());
+        assert!(!r.take_suppressed(), "taking the flag clears it");
+        // An unchanged condition is no left-out transition.
+        r.observe(reference.clone(), &[kc("False")]);
+        assert!(!r.take_suppressed());
+        // The fingerprints were kept: once open, only a change is queued.
+        open.store(true, Ordering::Relaxed);
+        r.observe(reference.clone(), &[kc("False")]);
+        assert_eq!(batcher.len(), 0);
+        r.observe(reference.clone(), &[kc("True")]);
+        assert_eq!(batcher.len(), 1);
+        assert!(!r.take_suppressed());
     }
 
     #[tokio::test]
