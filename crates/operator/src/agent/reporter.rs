@@ -437,12 +437,30 @@ mod tests {
         kube::Client::try_from(config).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_shut_gate_queues_nothing_and_asks_for_a_resync() {
-        let batcher = Arc::new(EventBatcher::new(
+    /// A condition of `type_` with `status`, reason `R`, no message.
+    fn kube_condition(type_: &str, status: &str) -> KubeCondition {
+        KubeCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(100).unwrap(),
+            ),
+        }
+    }
+
+    fn batcher() -> Arc<EventBatcher> {
+        Arc::new(EventBatcher::new(
             Default::default(),
             Arc::new(Metrics::new()),
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_shut_gate_queues_nothing_and_asks_for_a_resync() {
+        let batcher = batcher();
         let open = Arc::new(AtomicBool::new(false));
         let gate = open.clone();
         let r = Reporter::new(batcher.clone(), unreachable_client(), None)
@@ -453,16 +471,7 @@ mod tests {
             uid: "u".into(),
             ..Default::default()
         };
-        let kc = |s: &str| KubeCondition {
-            type_: "Ready".into(),
-            status: s.into(),
-            reason: "R".into(),
-            message: String::new(),
-            observed_generation: None,
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                jiff::Timestamp::from_second(100).unwrap(),
-            ),
-        };
+        let kc = |s: &str| kube_condition("Ready", s);
         assert!(!r.take_suppressed());
         r.observe(reference.clone(), &[kc("False")]);
         assert_eq!(batcher.len(), 0, "no credentials: nothing queued");
@@ -482,10 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn observe_then_snapshot_without_an_api_server() {
-        let batcher = Arc::new(EventBatcher::new(
-            Default::default(),
-            Arc::new(Metrics::new()),
-        ));
+        let batcher = batcher();
         let r = Reporter::new(batcher.clone(), unreachable_client(), None);
         let reference = ObjectRef {
             api_version: "ops.vworkspace.io/v1alpha1".into(),
@@ -494,16 +500,7 @@ mod tests {
             uid: "u".into(),
             ..Default::default()
         };
-        let kc = |s: &str| KubeCondition {
-            type_: "Connected".into(),
-            status: s.into(),
-            reason: "R".into(),
-            message: String::new(),
-            observed_generation: None,
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                jiff::Timestamp::from_second(100).unwrap(),
-            ),
-        };
+        let kc = |s: &str| kube_condition("Connected", s);
         r.observe(reference.clone(), &[kc("True")]);
         r.observe(reference.clone(), &[kc("True")]);
         assert_eq!(batcher.len(), 1);
