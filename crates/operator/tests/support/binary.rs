@@ -95,10 +95,23 @@ impl Operator {
             "vworkspace-e2e-{}-{namespace}.log",
             std::process::id()
         ));
-        // Appended to, so a restarted operator's log follows the first one.
+        // Appended to, so a restarted operator's log follows the first one; but emptied
+        // at this process's first start: the name repeats when a pid is reused, and an
+        // old run's lines would be read as this one's.
+        static STARTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let first = {
+            let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !started.contains(&log);
+            if first {
+                started.push(log.clone());
+            }
+            first
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(!first)
+            .write(true)
+            .truncate(first)
             .open(&log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vworkspace-operator"))
