@@ -61,13 +61,8 @@ fn stored_events(
 ) -> Option<Result<watcher::Event<StoredInstance>, watcher::Error>> {
     use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
     let slim = |inst: ApplicationInstance| {
-        let key = format!(
-            "{}/{}",
-            inst.namespace().unwrap_or_default(),
-            inst.name_any()
-        );
         StoredInstance::new(inst)
-            .inspect_err(|e| tracing::error!(object = %key, error = %e, "instance not stored"))
+            .inspect_err(|e| tracing::error!(error = %e, "instance not stored"))
             .ok()
     };
     Some(Ok(match event {

@@ -71,11 +71,24 @@ impl StoredInstance {
             ..ObjectMeta::default()
         };
         // Fastest level: level 6 saves 5 % more at several times the cost.
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        serde_json::to_writer(&mut enc, &inst)?;
+        let encode = || {
+            let mut enc =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            serde_json::to_writer(&mut enc, &inst)?;
+            enc.finish()
+        };
+        // The error names the object: the caller no longer holds it.
+        let deflated = encode().map_err(|e| {
+            let (ns, name) = (meta.namespace.as_deref(), meta.name.as_deref());
+            std::io::Error::other(format!(
+                "{}/{}: {e}",
+                ns.unwrap_or_default(),
+                name.unwrap_or_default()
+            ))
+        })?;
         Ok(StoredInstance {
             meta,
-            deflated: enc.finish()?.into_boxed_slice(),
+            deflated: deflated.into_boxed_slice(),
             release,
             values_ref,
             trigger,
